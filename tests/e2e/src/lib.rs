@@ -1,0 +1,2 @@
+//! tikfleet-e2e: end-to-end and conformance tests. The tests live in `tests/`; this library
+//! holds only helpers they share.

@@ -1,0 +1,1 @@
+//! tikfleet-sim placeholder.
