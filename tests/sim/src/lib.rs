@@ -1,1 +1,3 @@
-//! tikfleet-sim placeholder.
+//! tikfleet-sim: a RouterOS device you can run (API, API-SSL, SSH/SFTP, control endpoint).
+
+pub mod ssh;

@@ -1,0 +1,1 @@
+//! SSH endpoint of the simulated router (in progress).
