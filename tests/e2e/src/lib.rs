@@ -1,2 +1,4 @@
 //! tikfleet-e2e: end-to-end and conformance tests. The tests live in `tests/`; this library
 //! holds only helpers they share.
+
+pub mod mikrotik_scenario;
