@@ -1,1 +1,0 @@
-//! SSH endpoint of the simulated router (in progress).
