@@ -1,0 +1,364 @@
+//! What the agent's durable outbox carries to the controller.
+//!
+//! Every router command produces an [`AuditRecord`], probes produce [`Telemetry`], the
+//! reconciler produces [`DriftReport`]s and [`ApplyReport`]s, and the executor produces
+//! [`JobUpdate`]s. The agent gives each [`OutboxRecord`] a monotonic sequence number (the
+//! envelope's `seq`, see [`session`](crate::session)) and keeps it until the controller has
+//! stored it and acknowledged it, so each record takes effect exactly once.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorInfo;
+use crate::ids::{AgentId, DriftId, JobId, RouterId, TenantId};
+use crate::job::JobUpdate;
+use crate::secret::{REDACTED, Secret};
+use crate::time::UnixMillis;
+
+/// One record in the agent's outbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxRecord {
+    /// A router command was run.
+    Audit(AuditRecord),
+    /// A probe sample.
+    Telemetry(Telemetry),
+    /// The router differs from the desired state.
+    Drift(DriftReport),
+    /// A job changed status.
+    JobUpdate(JobUpdate),
+    /// The reconciler finished applying a generation.
+    Applied(ApplyReport),
+}
+
+impl OutboxRecord {
+    /// Every record kind, in declaration order.
+    pub const NAMES: [&'static str; 5] = ["audit", "telemetry", "drift", "job_update", "applied"];
+
+    /// The record kind's snake_case name, identical to its serialized tag.
+    #[must_use]
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Audit(_) => "audit",
+            Self::Telemetry(_) => "telemetry",
+            Self::Drift(_) => "drift",
+            Self::JobUpdate(_) => "job_update",
+            Self::Applied(_) => "applied",
+        }
+    }
+}
+
+/// Parameters of an audited command, with secrets redacted.
+///
+/// Keys are RouterOS attribute names (`name`, `profile`, `password`, …). [`insert`] replaces
+/// the value of any key that looks secret ([`is_sensitive_key`]) with `<redacted>`, and
+/// [`insert_secret`] always does; build params only through these so a password never
+/// reaches the audit log. Serialized as a map of strings.
+///
+/// [`insert`]: AuditParams::insert
+/// [`insert_secret`]: AuditParams::insert_secret
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AuditParams(BTreeMap<String, String>);
+
+/// Whether an attribute name looks like it holds a secret.
+#[must_use]
+pub fn is_sensitive_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "passphrase",
+        "secret",
+        "token",
+        "private",
+        "psk",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
+impl AuditParams {
+    /// No params.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a param; the value is redacted if the key looks secret.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        let key = key.into();
+        let value = if is_sensitive_key(&key) {
+            REDACTED.to_owned()
+        } else {
+            value.into()
+        };
+        self.0.insert(key, value);
+        self
+    }
+
+    /// Records that a secret param was set, without its value.
+    pub fn insert_secret(&mut self, key: impl Into<String>, _value: &Secret) -> &mut Self {
+        self.0.insert(key.into(), REDACTED.to_owned());
+        self
+    }
+
+    /// A param's (possibly redacted) value.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// All params, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Number of params.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no params.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Outcome of an audited command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditStatus {
+    /// The router accepted the command.
+    Succeeded,
+    /// The command failed; see the record's `error`.
+    Failed,
+}
+
+/// One router command, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Monotonic per agent (the outbox sequence number that carries the record).
+    pub seq: u64,
+    /// When the command started.
+    pub at: UnixMillis,
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// The router, if the command went to one.
+    pub router_id: Option<RouterId>,
+    /// The job that caused it, if any (otherwise the reconciler).
+    pub job_id: Option<JobId>,
+    /// The desired-state generation being applied, if any.
+    pub generation: Option<u64>,
+    /// The command, e.g. `/ppp/secret/set`.
+    pub action: String,
+    /// Its parameters, secrets redacted.
+    pub params: AuditParams,
+    /// Outcome.
+    pub status: AuditStatus,
+    /// The error, when `status` is `failed`.
+    pub error: Option<ErrorInfo>,
+    /// How long the command took, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// A telemetry sample with its time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Telemetry {
+    /// When it was taken.
+    pub at: UnixMillis,
+    /// What was measured.
+    pub sample: TelemetrySample,
+}
+
+/// What a probe measured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TelemetrySample {
+    /// A router answered the probe.
+    Router(RouterSample),
+    /// A router did not answer the probe.
+    RouterUnreachable {
+        /// The router.
+        router_id: RouterId,
+        /// Why.
+        error: ErrorInfo,
+    },
+    /// The agent's own host.
+    Host(HostSample),
+}
+
+/// Router resources (`/system/resource`), interfaces and sessions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterSample {
+    /// The router.
+    pub router_id: RouterId,
+    /// CPU load in percent (0–100).
+    pub cpu_load_percent: u8,
+    /// Free memory in bytes.
+    pub free_memory_bytes: u64,
+    /// Total memory in bytes.
+    pub total_memory_bytes: u64,
+    /// Uptime in seconds.
+    pub uptime_secs: u64,
+    /// Free disk (HDD / flash) in bytes.
+    pub free_disk_bytes: u64,
+    /// Total disk in bytes.
+    pub total_disk_bytes: u64,
+    /// Per-interface counters.
+    pub interfaces: Vec<InterfaceCounters>,
+    /// Active PPP sessions.
+    pub active_ppp_sessions: u32,
+    /// Active hotspot sessions.
+    pub active_hotspot_sessions: u32,
+    /// RouterOS version, e.g. `7.15.3`.
+    pub routeros_version: Option<String>,
+}
+
+/// Counters of one router interface (cumulative since boot).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceCounters {
+    /// Interface name.
+    pub name: String,
+    /// Whether the link is up.
+    pub running: bool,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Transmit errors.
+    pub tx_errors: u64,
+}
+
+/// The agent's host and its queues.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSample {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// CPU load in percent (0–100).
+    pub cpu_load_percent: u8,
+    /// Free memory in bytes.
+    pub free_memory_bytes: u64,
+    /// Total memory in bytes.
+    pub total_memory_bytes: u64,
+    /// Uptime in seconds.
+    pub uptime_secs: u64,
+    /// Free disk in the data folder, in bytes.
+    pub free_disk_bytes: u64,
+    /// Total disk in the data folder, in bytes.
+    pub total_disk_bytes: u64,
+    /// Records waiting in the outbox.
+    pub outbox_records: u64,
+    /// Bytes used by the outbox.
+    pub outbox_bytes: u64,
+    /// Jobs waiting in the queue.
+    pub queued_jobs: u64,
+}
+
+/// Kind of router item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemKind {
+    /// `/ppp/secret`.
+    PppSecret,
+    /// `/ip/hotspot/user`.
+    HotspotUser,
+    /// `/ppp/profile`.
+    PppProfile,
+    /// `/ip/hotspot/user/profile`.
+    HotspotProfile,
+    /// `/ip/firewall/address-list`.
+    AddressListEntry,
+}
+
+/// One difference between a router and its desired state.
+///
+/// `field: None` means the whole item: missing on the router (`router_value: None`) or
+/// present but not desired (`desired_value: None`). Values of secret fields are reported as
+/// `<redacted>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftReport {
+    /// The finding's id.
+    pub id: DriftId,
+    /// The router.
+    pub router_id: RouterId,
+    /// The desired-state generation compared against.
+    pub generation: u64,
+    /// When it was found.
+    pub detected_at: UnixMillis,
+    /// Kind of item.
+    pub kind: ItemKind,
+    /// The item's key (name, or `list/address` for address-list entries).
+    pub key: String,
+    /// The differing field, or `None` for the whole item.
+    pub field: Option<String>,
+    /// The value on the router.
+    pub router_value: Option<String>,
+    /// The desired value.
+    pub desired_value: Option<String>,
+    /// Whether tikfleet manages the router's item; `false` means an administrator made it
+    /// by hand and tikfleet will not touch it.
+    pub managed: bool,
+}
+
+/// The reconciler finished a pass over one generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    /// The router.
+    pub router_id: RouterId,
+    /// The generation applied.
+    pub generation: u64,
+    /// When the pass finished.
+    pub at: UnixMillis,
+    /// Commands sent to the router.
+    pub changes: u32,
+    /// `None` if the router now matches the generation; otherwise why it does not.
+    pub error: Option<ErrorInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_params_redact_secrets() {
+        let mut p = AuditParams::new();
+        p.insert("name", "alice")
+            .insert("password", "hunter2")
+            .insert("Pre-Shared-PSK", "x")
+            .insert_secret("token-value", &Secret::new("t0ken"));
+        assert_eq!(p.get("name"), Some("alice"));
+        assert_eq!(p.get("password"), Some(REDACTED));
+        assert_eq!(p.get("Pre-Shared-PSK"), Some(REDACTED));
+        assert_eq!(p.get("token-value"), Some(REDACTED));
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(
+            !json.contains("hunter2") && !json.contains("t0ken"),
+            "{json}"
+        );
+        assert_eq!(p.len(), 4);
+    }
+
+    #[test]
+    fn sensitive_keys() {
+        for key in [
+            "password",
+            "secret",
+            "wpa2-pre-shared-key-psk",
+            "private-key",
+        ] {
+            assert!(is_sensitive_key(key), "{key}");
+        }
+        for key in ["name", "profile", "comment", "address"] {
+            assert!(!is_sensitive_key(key), "{key}");
+        }
+    }
+}
