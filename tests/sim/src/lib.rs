@@ -1,3 +1,303 @@
 //! tikfleet-sim: a RouterOS device you can run (API, API-SSL, SSH/SFTP, control endpoint).
+//!
+//! # Layout
+//! - `word.rs`: the wire codec (word lengths, sentences, incremental decoder).
+//! - `query.rs`: `?` query words and their stack evaluation.
+//! - `personality.rs`: every version-specific fact (v6/v7, `!empty`, dates, boards).
+//! - `model.rs`: the generic table engine and [`model::CommandError`] (the `!trap` texts).
+//! - `menus.rs`: the table menus' fields, defaults, keys and messages.
+//! - `device.rs`: a router's state and the command engine; `sessions.rs` the subscriber
+//!   sessions and simulated CPEs; `backup.rs` and `export.rs` the backup and export formats.
+//! - `reply.rs`: reply sentences. `api.rs`: API connections (tags, cancel, faults).
+//! - `tls.rs`: the self-signed certificate and acceptor. `faults.rs`: faults and stats.
+//! - `router.rs`: one router as listeners share it. `control.rs`: the HTTP control endpoint.
+//! - `cli.rs`: the console for SSH (`SshDevice`); `ssh/`: the SSH transport.
+//!
+//! [`start`] binds every listener (port 0 works) and returns the bound addresses in
+//! [`Running`]; tests run the simulator in-process with it.
 
+pub mod api;
+pub mod backup;
+pub mod cli;
+pub mod control;
+pub mod device;
+pub mod export;
+pub mod faults;
+pub mod menus;
+pub mod model;
+pub mod personality;
+pub mod query;
+pub mod reply;
+pub mod router;
+pub mod sessions;
 pub mod ssh;
+pub mod tls;
+pub mod word;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::device::{Device, DeviceConfig};
+use crate::personality::{Personality, VersionError};
+use crate::router::{Router, RouterAddrs};
+use crate::tls::{CertInfo, TlsError};
+
+/// Simulator settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// API listen address of router 0 (router i uses port + i; port 0 picks free ports).
+    pub api: SocketAddr,
+    /// API-SSL listen address of router 0.
+    pub api_ssl: Option<SocketAddr>,
+    /// SSH listen address of router 0.
+    pub ssh: Option<SocketAddr>,
+    /// Control endpoint address (one for all routers).
+    pub control: Option<SocketAddr>,
+    /// Number of routers.
+    pub routers: usize,
+    /// Login user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// RouterOS version to simulate (`7.16.2`, `6.49.10`, …; 6.43 or later).
+    pub version: String,
+    /// Redial delay of simulated clients.
+    pub redial: Duration,
+    /// Default downtime of a reboot.
+    pub reboot_down: Duration,
+    /// Secrets to pre-populate in each router (`seed-N`, password `pw-N`).
+    pub seed_secrets: usize,
+    /// Write the API-SSL certificate PEM here.
+    pub cert_out: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loopback, port 0 everywhere, one router, admin/admin, 7.16.2: what tests start from.
+    pub fn local() -> Self {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Self {
+            api: any,
+            api_ssl: Some(any),
+            ssh: Some(any),
+            control: Some(any),
+            routers: 1,
+            user: "admin".into(),
+            password: "admin".into(),
+            version: "7.16.2".into(),
+            redial: Duration::from_millis(2000),
+            reboot_down: Duration::from_millis(3000),
+            seed_secrets: 0,
+            cert_out: None,
+        }
+    }
+}
+
+/// Why the simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The version cannot be simulated.
+    #[error(transparent)]
+    Version(#[from] VersionError),
+    /// A listener could not bind.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Writing the certificate file failed.
+    #[error("writing the certificate to {path}: {source}")]
+    CertOut {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No routers asked for.
+    #[error("at least one router is needed")]
+    NoRouters,
+}
+
+/// A running simulator.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound addresses per router.
+    pub routers: Vec<RouterAddrs>,
+    /// Bound control address.
+    pub control: Option<SocketAddr>,
+    /// The API-SSL certificate.
+    pub cert: CertInfo,
+    /// Router handles (state, faults, stats) for in-process tests.
+    pub handles: Vec<Arc<Router>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// The listener lines printed at startup: `api ADDR` per router, then `api-ssl`, `ssh`,
+    /// then `control`.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (kind, get) in [
+            (
+                "api",
+                (|a: &RouterAddrs| a.api) as fn(&RouterAddrs) -> Option<SocketAddr>,
+            ),
+            ("api-ssl", |a| a.api_ssl),
+            ("ssh", |a| a.ssh),
+        ] {
+            for r in &self.routers {
+                if let Some(a) = get(r) {
+                    out.push(format!("{kind} {a}"));
+                }
+            }
+        }
+        if let Some(c) = self.control {
+            out.push(format!("control {c}"));
+        }
+        out
+    }
+
+    /// Router `i`.
+    pub fn router(&self, i: usize) -> &Arc<Router> {
+        &self.handles[i]
+    }
+
+    /// Stops listening, closes every connection and waits for the listeners to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+async fn bind(base: SocketAddr, i: usize) -> Result<TcpListener, StartError> {
+    let mut addr = base;
+    if base.port() != 0 {
+        addr.set_port(base.port().saturating_add(i as u16));
+    }
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn local(l: &TcpListener) -> Option<SocketAddr> {
+    l.local_addr().ok()
+}
+
+/// Binds every listener and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    if config.routers == 0 {
+        return Err(StartError::NoRouters);
+    }
+    let personality = Arc::new(Personality::for_version(&config.version)?);
+    let (acceptor, cert) = tls::setup()?;
+    if let Some(path) = &config.cert_out {
+        std::fs::write(path, &cert.pem).map_err(|source| StartError::CertOut {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut handles = Vec::new();
+    let mut addrs = Vec::new();
+    let host_key = ssh::generate_host_key();
+    for i in 0..config.routers {
+        let api = bind(config.api, i).await?;
+        let api_ssl = match config.api_ssl {
+            Some(a) => Some(bind(a, i).await?),
+            None => None,
+        };
+        let ssh_l = match config.ssh {
+            Some(a) => Some(bind(a, i).await?),
+            None => None,
+        };
+        let ra = RouterAddrs {
+            api: local(&api),
+            api_ssl: api_ssl.as_ref().and_then(local),
+            ssh: ssh_l.as_ref().and_then(local),
+        };
+        let port = |a: Option<SocketAddr>, d: u16| a.map_or(d, |a| a.port());
+        let dc = DeviceConfig {
+            index: i,
+            user: config.user.clone(),
+            password: config.password.clone(),
+            ports: (port(ra.api, 8728), port(ra.api_ssl, 8729), port(ra.ssh, 22)),
+            redial: config.redial,
+        };
+        let now = Instant::now();
+        let mut device = Device::new(personality.clone(), dc, now);
+        if config.seed_secrets > 0 {
+            device.seed_secrets(config.seed_secrets, now);
+        }
+        let router = Arc::new(Router::new(i, device, config.reboot_down));
+        let _ = router.addrs.set(ra);
+        tasks.push(tokio::spawn(api::serve(
+            api,
+            router.clone(),
+            None,
+            shutdown_rx.clone(),
+        )));
+        if let Some(l) = api_ssl {
+            tasks.push(tokio::spawn(api::serve(
+                l,
+                router.clone(),
+                Some(acceptor.clone()),
+                shutdown_rx.clone(),
+            )));
+        }
+        if let Some(l) = ssh_l {
+            let dev: Arc<dyn ssh::SshDevice> = Arc::new(cli::SshHandle(router.clone()));
+            let mut rx = shutdown_rx.clone();
+            let stop = async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            tasks.push(tokio::spawn(ssh::serve(l, dev, host_key.clone(), stop)));
+        }
+        handles.push(router);
+        addrs.push(ra);
+    }
+    let control = match config.control {
+        Some(a) => {
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|source| StartError::Bind { addr: a, source })?;
+            let bound = local(&l);
+            let app = control::app(control::AppState {
+                routers: handles.clone(),
+                cert: cert.clone(),
+            });
+            let mut rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                };
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                    tracing::warn!(error = %e, "control endpoint failed");
+                }
+            }));
+            bound
+        }
+        None => None,
+    };
+    Ok(Running {
+        routers: addrs,
+        control,
+        cert,
+        handles,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,207 @@
+//! Fault controls and command statistics of one router.
+//!
+//! [`Faults`] is both the live setting and the JSON body of `GET/PUT /routers/{i}/faults`
+//! (PUT merges the fields it is given). [`Stats`] counts the commands the router saw, per path,
+//! with timestamps so tests can count commands over a window.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Fault settings (all off by default).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Faults {
+    /// Delay added before every reply, in ms (commands still overlap).
+    pub delay_ms: u64,
+    /// Service time per command in ms; commands of one router are served one at a time.
+    pub service_ms: u64,
+    /// Accept connections and close them at once.
+    pub refuse: bool,
+    /// Close each connection (without reply) when it sends a command after this many.
+    pub drop_after: Option<u64>,
+    /// Commands (full word, e.g. `/ppp/secret/add`) that answer `!trap =message=MESSAGE`.
+    pub traps: BTreeMap<String, String>,
+    /// `cpu-load` of `/system/resource` (percent).
+    pub cpu_load: Option<u8>,
+    /// Memory in use (percent of total), reflected in `free-memory`.
+    pub memory_load: Option<u8>,
+    /// How long a reboot keeps the router down, in ms.
+    pub reboot_down_ms: Option<u64>,
+}
+
+/// A partial update of [`Faults`] (`PUT /routers/{i}/faults`): given fields replace, others stay.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct FaultsPatch {
+    /// See [`Faults::delay_ms`].
+    pub delay_ms: Option<u64>,
+    /// See [`Faults::service_ms`].
+    pub service_ms: Option<u64>,
+    /// See [`Faults::refuse`].
+    pub refuse: Option<bool>,
+    /// See [`Faults::drop_after`]; `0` clears it.
+    pub drop_after: Option<u64>,
+    /// See [`Faults::traps`] (replaces the whole map).
+    pub traps: Option<BTreeMap<String, String>>,
+    /// See [`Faults::cpu_load`].
+    pub cpu_load: Option<u8>,
+    /// See [`Faults::memory_load`].
+    pub memory_load: Option<u8>,
+    /// See [`Faults::reboot_down_ms`].
+    pub reboot_down_ms: Option<u64>,
+}
+
+impl Faults {
+    /// Applies a patch.
+    pub fn apply(&mut self, p: FaultsPatch) {
+        if let Some(v) = p.delay_ms {
+            self.delay_ms = v;
+        }
+        if let Some(v) = p.service_ms {
+            self.service_ms = v;
+        }
+        if let Some(v) = p.refuse {
+            self.refuse = v;
+        }
+        if let Some(v) = p.drop_after {
+            self.drop_after = (v > 0).then_some(v);
+        }
+        if let Some(v) = p.traps {
+            self.traps = v;
+        }
+        if let Some(v) = p.cpu_load {
+            self.cpu_load = Some(v.min(100));
+        }
+        if let Some(v) = p.memory_load {
+            self.memory_load = Some(v.min(100));
+        }
+        if let Some(v) = p.reboot_down_ms {
+            self.reboot_down_ms = Some(v);
+        }
+    }
+}
+
+/// How many timestamps are kept for windowed counts.
+const HISTORY: usize = 1_000_000;
+
+/// Command counters.
+#[derive(Debug)]
+pub struct Stats {
+    epoch: Instant,
+    total: u64,
+    by_path: BTreeMap<String, u64>,
+    recent: VecDeque<(Instant, String)>,
+    /// Connections accepted (including refused ones).
+    pub connections: u64,
+    /// Connections open now.
+    pub open: u64,
+    /// Commands being processed now.
+    pub in_flight: u64,
+    /// Highest `in_flight` seen.
+    pub max_in_flight: u64,
+}
+
+/// `GET /routers/{i}/stats`.
+#[derive(Debug, Serialize)]
+pub struct StatsView {
+    /// Commands seen since start (or reset).
+    pub total: u64,
+    /// Per command word.
+    pub by_path: BTreeMap<String, u64>,
+    /// The window asked for (ms), if any.
+    pub window_ms: Option<u64>,
+    /// Commands within the window.
+    pub in_window: Option<u64>,
+    /// Per command word within the window.
+    pub in_window_by_path: Option<BTreeMap<String, u64>>,
+    /// Milliseconds since the first command of the window to the last (0 with fewer than 2).
+    pub span_ms: u64,
+    /// Timestamps (ms since start/reset) of the last up to 1000 commands.
+    pub recent_ms: Vec<u64>,
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections open.
+    pub open: u64,
+    /// Most commands processed at once.
+    pub max_in_flight: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            total: 0,
+            by_path: BTreeMap::new(),
+            recent: VecDeque::new(),
+            connections: 0,
+            open: 0,
+            in_flight: 0,
+            max_in_flight: 0,
+        }
+    }
+}
+
+impl Stats {
+    /// Records one command.
+    pub fn record(&mut self, path: &str, now: Instant) {
+        self.total += 1;
+        *self.by_path.entry(path.to_string()).or_default() += 1;
+        if self.recent.len() == HISTORY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((now, path.to_string()));
+    }
+
+    /// Clears the counters (open connection counts stay).
+    pub fn reset(&mut self) {
+        let (open, in_flight) = (self.open, self.in_flight);
+        *self = Self {
+            open,
+            in_flight,
+            ..Self::default()
+        };
+    }
+
+    /// A snapshot, with counts over the last `window` if given.
+    pub fn view(&self, window: Option<Duration>, now: Instant) -> StatsView {
+        let in_window: Vec<&(Instant, String)> = match window {
+            Some(w) => self
+                .recent
+                .iter()
+                .filter(|(t, _)| now.saturating_duration_since(*t) <= w)
+                .collect(),
+            None => self.recent.iter().collect(),
+        };
+        let span_ms = match (in_window.first(), in_window.last()) {
+            (Some(a), Some(b)) => b.0.saturating_duration_since(a.0).as_millis() as u64,
+            _ => 0,
+        };
+        let by = window.map(|_| {
+            let mut m = BTreeMap::new();
+            for (_, p) in &in_window {
+                *m.entry(p.clone()).or_default() += 1;
+            }
+            m
+        });
+        let skip = self.recent.len().saturating_sub(1000);
+        StatsView {
+            total: self.total,
+            by_path: self.by_path.clone(),
+            window_ms: window.map(|w| w.as_millis() as u64),
+            in_window: window.map(|_| in_window.len() as u64),
+            in_window_by_path: by,
+            span_ms,
+            recent_ms: self
+                .recent
+                .iter()
+                .skip(skip)
+                .map(|(t, _)| t.saturating_duration_since(self.epoch).as_millis() as u64)
+                .collect(),
+            connections: self.connections,
+            open: self.open,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
