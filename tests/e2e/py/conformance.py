@@ -18,6 +18,7 @@ import sys
 
 import librouteros
 from librouteros.exceptions import LibRouterosError, MultiTrapError, TrapError
+from librouteros.protocol import parse_word
 from librouteros.query import Key, Or
 
 
@@ -119,8 +120,12 @@ def scenario(api, out: dict) -> None:
         got: dict[str, list] = {"a": [], "b": []}
         done: set[str] = set()
         while len(done) < 2:
-            reply, words = api.readSentence()
-            tag = text(words.pop(".tag"))
+            # librouteros's own word parser takes `=name=value` words only, so the `.tag=`
+            # API word is split off here and the rest goes through the library's parser.
+            reply, raw = proto.readSentence()
+            tags = [w.split("=", 1)[1] for w in raw if w.startswith(".tag=")]
+            words = dict(parse_word(w) for w in raw if w.startswith("="))
+            tag = tags[0]
             if reply == "!re":
                 got[tag].append({k: text(v) for k, v in words.items()})
             elif reply == "!done":

@@ -158,7 +158,10 @@ pub async fn run(
         "login_bad".to_owned(),
         match bad {
             Ok(_) => json!({ "ok": true }),
-            Err(mikrotik_rs::DeviceError::Authentication { response }) => {
+            Err(
+                mikrotik_rs::DeviceError::Authentication { response }
+                | mikrotik_rs::DeviceError::Login(mikrotik_rs::LoginError::Authentication(response)),
+            ) => {
                 json!({ "trap": [response.message] })
             }
             Err(other) => json!({ "trap": [other.to_string()] }),
