@@ -61,6 +61,7 @@ def scenario(api, out: dict) -> None:
 
     proplist = "name,profile,disabled,service"
     run("print_proplist", out, lambda: rows(api("/ppp/secret/print", **{".proplist": proplist})))
+    run("print_empty", out, lambda: rows(api.rawCmd("/ppp/secret/print", "=.proplist=name", "?name=nobody")))
     run("print_all_names", out, lambda: rows(secrets.select(Key("name"))))
     run("query_equal", out, lambda: rows(api.rawCmd("/ppp/secret/print", f"=.proplist={proplist}", "?profile=plan-10m")))
     run("query_disabled", out, lambda: rows(api.rawCmd("/ppp/secret/print", "=.proplist=name", "?disabled=true")))

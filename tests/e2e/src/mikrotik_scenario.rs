@@ -249,6 +249,12 @@ async fn scenario(d: &MikrotikDevice, out: &mut BTreeMap<String, Value>) -> anyh
         call(d, print, &[proplist]).await?.to_json(),
     );
     put(
+        "print_empty",
+        call(d, print, &["=.proplist=name", "?name=nobody"])
+            .await?
+            .to_json(),
+    );
+    put(
         "print_all_names",
         call(d, print, &["=.proplist=name"]).await?.to_json(),
     );

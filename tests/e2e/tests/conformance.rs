@@ -73,15 +73,32 @@ fn first_trap(outcome: &Value) -> String {
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn librouteros_and_mikrotik_rs_see_the_same_router() {
-    tokio::time::timeout(TEST_TIMEOUT, conformance())
+/// Runs the scenario against a simulator of RouterOS `version`.
+async fn check(version: &str) {
+    tokio::time::timeout(TEST_TIMEOUT, conformance(version))
         .await
         .expect("conformance scenario finished in time");
 }
 
-async fn conformance() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_agree_on_routeros_v6() {
+    check("6.49.10").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_agree_on_routeros_v7() {
+    check("7.16.2").await;
+}
+
+/// 7.18 and later answer a print without rows with `!empty` before `!done`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_agree_on_routeros_v7_with_empty_replies() {
+    check("7.20.4").await;
+}
+
+async fn conformance(version: &str) {
     let mut config = tikfleet_sim::Config::local();
+    config.version = version.to_owned();
     config.routers = 2;
     config.ssh = None;
     config.password = PASSWORD.to_owned();
@@ -94,8 +111,10 @@ async fn conformance() {
     let py_tls = py_router.api_ssl.expect("api-ssl listener");
     let rs_tls = rs_router.api_ssl.expect("api-ssl listener");
 
-    let cafile = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("conformance-ca-{}.pem", std::process::id()));
+    let cafile = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "conformance-ca-{}-{version}.pem",
+        std::process::id()
+    ));
     std::fs::write(&cafile, &sim.cert.pem).expect("write the CA file");
 
     let (py, rs) = tokio::join!(
@@ -197,6 +216,11 @@ async fn conformance() {
         "defaults are filled in and booleans read back as true/false"
     );
 
+    assert_eq!(
+        py["print_empty"],
+        json!({ "rows": [] }),
+        "a print without rows"
+    );
     assert_eq!(names(&py["print_all_names"]), ["alice", "bob", "carol"]);
     assert_eq!(names(&py["query_equal"]), ["alice"]);
     assert_eq!(names(&py["query_disabled"]), ["carol"]);
