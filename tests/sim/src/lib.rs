@@ -105,18 +105,35 @@ pub enum StartError {
     #[error(transparent)]
     Version(#[from] VersionError),
     /// A listener could not bind.
-    #[error("binding {addr}: {source}")]
+    #[error("cannot listen for {listener} on {addr}")]
     Bind {
+        /// Which listener (`api of router 2`, `control`).
+        listener: String,
         /// The address.
         addr: SocketAddr,
         /// The cause.
         source: std::io::Error,
     },
+    /// Two listeners' port ranges (base port + router index) overlap.
+    #[error(
+        "the ports of {first} ({first_range}) and {second} ({second_range}) overlap: \
+         with N routers each listener takes N consecutive ports from its base port"
+    )]
+    PortsOverlap {
+        /// One listener kind.
+        first: &'static str,
+        /// Its ports.
+        first_range: String,
+        /// The other.
+        second: &'static str,
+        /// Its ports.
+        second_range: String,
+    },
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// Writing the certificate file failed.
-    #[error("writing the certificate to {path}: {source}")]
+    #[error("cannot write the certificate to {path}")]
     CertOut {
         /// The file.
         path: PathBuf,
@@ -182,14 +199,48 @@ impl Running {
     }
 }
 
-async fn bind(base: SocketAddr, i: usize) -> Result<TcpListener, StartError> {
+/// Binds listener `kind` of router `i`: base port + i (port 0 stays 0: any free port).
+async fn bind(base: SocketAddr, i: usize, kind: &str) -> Result<TcpListener, StartError> {
     let mut addr = base;
     if base.port() != 0 {
         addr.set_port(base.port().saturating_add(i as u16));
     }
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { addr, source })
+        .map_err(|source| StartError::Bind {
+            listener: format!("{kind} of router {i}"),
+            addr,
+            source,
+        })
+}
+
+/// Refuses configurations whose fixed port ranges collide, before anything binds.
+fn check_port_ranges(config: &Config) -> Result<(), StartError> {
+    let n = config.routers as u32;
+    let mut ranges: Vec<(&'static str, SocketAddr, u32)> = vec![("api", config.api, n)];
+    ranges.extend(config.api_ssl.map(|a| ("api-ssl", a, n)));
+    ranges.extend(config.ssh.map(|a| ("ssh", a, n)));
+    ranges.extend(config.control.map(|a| ("control", a, 1)));
+    ranges.retain(|(_, a, _)| a.port() != 0);
+    let show = |a: &SocketAddr, len: u32| match len {
+        1 => format!("port {}", a.port()),
+        _ => format!("ports {}-{}", a.port(), u32::from(a.port()) + len - 1),
+    };
+    for (i, (first, a, alen)) in ranges.iter().enumerate() {
+        for (second, b, blen) in &ranges[i + 1..] {
+            let (a0, b0) = (u32::from(a.port()), u32::from(b.port()));
+            let same_host = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+            if same_host && a0 < b0 + blen && b0 < a0 + alen {
+                return Err(StartError::PortsOverlap {
+                    first,
+                    first_range: show(a, *alen),
+                    second,
+                    second_range: show(b, *blen),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn local(l: &TcpListener) -> Option<SocketAddr> {
@@ -201,6 +252,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if config.routers == 0 {
         return Err(StartError::NoRouters);
     }
+    check_port_ranges(&config)?;
     let personality = Arc::new(Personality::for_version(&config.version)?);
     let (acceptor, cert) = tls::setup()?;
     if let Some(path) = &config.cert_out {
@@ -214,16 +266,33 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut handles = Vec::new();
     let mut addrs = Vec::new();
     let host_key = ssh::generate_host_key();
+    // Bind every listener before serving any, so a failure leaves nothing running.
+    let mut listeners = Vec::with_capacity(config.routers);
     for i in 0..config.routers {
-        let api = bind(config.api, i).await?;
+        let api = bind(config.api, i, "api").await?;
         let api_ssl = match config.api_ssl {
-            Some(a) => Some(bind(a, i).await?),
+            Some(a) => Some(bind(a, i, "api-ssl").await?),
             None => None,
         };
         let ssh_l = match config.ssh {
-            Some(a) => Some(bind(a, i).await?),
+            Some(a) => Some(bind(a, i, "ssh").await?),
             None => None,
         };
+        listeners.push((api, api_ssl, ssh_l));
+    }
+    let control_listener = match config.control {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    listener: "control".to_owned(),
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    for (i, (api, api_ssl, ssh_l)) in listeners.into_iter().enumerate() {
         let ra = RouterAddrs {
             api: local(&api),
             api_ssl: api_ssl.as_ref().and_then(local),
@@ -269,11 +338,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         handles.push(router);
         addrs.push(ra);
     }
-    let control = match config.control {
-        Some(a) => {
-            let l = TcpListener::bind(a)
-                .await
-                .map_err(|source| StartError::Bind { addr: a, source })?;
+    let control = match control_listener {
+        Some(l) => {
             let bound = local(&l);
             let app = control::app(control::AppState {
                 routers: handles.clone(),
