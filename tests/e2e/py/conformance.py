@@ -135,6 +135,17 @@ def scenario(api, out: dict) -> None:
 
     run("tagged_concurrent", out, tagged)
 
+    # Hotspot users and firewall address lists: their own duplicate messages and fields.
+    hs = api.path("ip", "hotspot", "user")
+    run("hs_add", out, lambda: {"id": hs.add(name="guest1", password="g1")})
+    run("hs_duplicate", out, lambda: {"id": hs.add(name="guest1", password="g2")})
+    run("hs_print", out, lambda: rows(api.rawCmd("/ip/hotspot/user/print", "=.proplist=name,profile,disabled", "?name=guest1")))
+    al = api.path("ip", "firewall", "address-list")
+    run("al_add", out, lambda: {"id": al.add(list="suspended", address="10.64.0.9", comment="tikfleet")})
+    run("al_duplicate", out, lambda: {"id": al.add(list="suspended", address="10.64.0.9")})
+    run("al_print", out, lambda: rows(api.rawCmd("/ip/firewall/address-list/print", "=.proplist=list,address,comment,dynamic,disabled")))
+    run("count_only", out, lambda: {"rows": [{"count": text(r.get("ret"))} for r in api.rawCmd("/ppp/secret/print", "=count-only=")]})
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()

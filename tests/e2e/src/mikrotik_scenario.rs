@@ -142,6 +142,25 @@ async fn add(
     }
 }
 
+/// Adds an item with the given words; on success finds its id with `print ?query`.
+async fn add_then_id(
+    device: &MikrotikDevice,
+    path: &str,
+    words: &[&str],
+    print: &str,
+    query: &str,
+) -> anyhow::Result<Value> {
+    let outcome = call(device, path, words).await?;
+    if !outcome.traps.is_empty() {
+        return Ok(outcome.to_json());
+    }
+    let found = call(device, print, &["=.proplist=.id", query]).await?;
+    Ok(match found.rows.first().and_then(|r| r.get(".id")) {
+        Some(id) => json!({ "id": id }),
+        None => json!({ "trap": ["not found"] }),
+    })
+}
+
 /// Runs the whole scenario over plain API at `api` (an untouched router) and then API-SSL at
 /// `tls`, verifying the router's certificate against `ca_pem`.
 pub async fn run(
@@ -419,5 +438,81 @@ async fn scenario(d: &MikrotikDevice, out: &mut BTreeMap<String, Value>) -> anyh
     );
     let (a, b) = (a?, b?);
     put("tagged_concurrent", json!({ "a": a.rows, "b": b.rows }));
+
+    // Hotspot users and firewall address lists: their own duplicate messages and fields.
+    let hs_add = "/ip/hotspot/user/add";
+    put(
+        "hs_add",
+        add_then_id(
+            d,
+            hs_add,
+            &["=name=guest1", "=password=g1"],
+            "/ip/hotspot/user/print",
+            "?name=guest1",
+        )
+        .await?,
+    );
+    put(
+        "hs_duplicate",
+        add_then_id(
+            d,
+            hs_add,
+            &["=name=guest1", "=password=g2"],
+            "/ip/hotspot/user/print",
+            "?name=guest1",
+        )
+        .await?,
+    );
+    put(
+        "hs_print",
+        call(
+            d,
+            "/ip/hotspot/user/print",
+            &["=.proplist=name,profile,disabled", "?name=guest1"],
+        )
+        .await?
+        .to_json(),
+    );
+    let al_add = "/ip/firewall/address-list/add";
+    let al_print = "/ip/firewall/address-list/print";
+    put(
+        "al_add",
+        add_then_id(
+            d,
+            al_add,
+            &["=list=suspended", "=address=10.64.0.9", "=comment=tikfleet"],
+            al_print,
+            "?address=10.64.0.9",
+        )
+        .await?,
+    );
+    put(
+        "al_duplicate",
+        add_then_id(
+            d,
+            al_add,
+            &["=list=suspended", "=address=10.64.0.9"],
+            al_print,
+            "?address=10.64.0.9",
+        )
+        .await?,
+    );
+    put(
+        "al_print",
+        call(
+            d,
+            al_print,
+            &["=.proplist=list,address,comment,dynamic,disabled"],
+        )
+        .await?
+        .to_json(),
+    );
+    // mikrotik-rs drops the `=ret=` of `!done`, so it cannot read a count-only answer; count
+    // the rows of a print instead (librouteros reads `ret`, and both must agree).
+    let all = call(d, print, &["=.proplist=.id"]).await?;
+    put(
+        "count_only",
+        json!({ "rows": [{ "count": all.rows.len().to_string() }] }),
+    );
     Ok(())
 }

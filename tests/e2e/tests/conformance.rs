@@ -256,6 +256,26 @@ async fn conformance(version: &str) {
     assert_eq!(tagged["a"].as_array().map(Vec::len), Some(2), "{tagged}");
     assert_eq!(tagged["b"].as_array().map(Vec::len), Some(3), "{tagged}");
 
+    expect_trap(
+        "hs_duplicate",
+        "failure: already have user with this name for this server",
+    );
+    expect_trap("al_duplicate", "failure: already have such entry");
+    assert_eq!(
+        py["hs_print"],
+        json!({"rows": [{"name": "guest1", "profile": "default", "disabled": "false"}]})
+    );
+    assert_eq!(
+        py["al_print"],
+        json!({"rows": [{"list": "suspended", "address": "10.64.0.9", "comment": "tikfleet", "dynamic": "false", "disabled": "false"}]}),
+        "a static address-list entry"
+    );
+    assert_eq!(
+        py["count_only"],
+        json!({"rows": [{"count": "2"}]}),
+        "count-only answers =ret=N"
+    );
+
     for outcome in [&py["tls_identity"], &rs["tls_identity"]] {
         let name = outcome["rows"][0]["name"].as_str().unwrap_or_default();
         assert!(!name.is_empty(), "identity over API-SSL: {outcome}");
