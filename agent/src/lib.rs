@@ -1,8 +1,15 @@
 //! tikfleet-agent: the site agent that sits beside a tenant's routers.
 //!
-//! Its parts (vault, RouterOS and SSH drivers, durable queue, executor, reconciler, probes and
-//! the uplink to the controller) arrive with the agent issue; for now the crate only fixes its
-//! place in the workspace and its one dependency on our code: `tikfleet-shared`.
+//! # Layout
+//!
+//! - [`clock`]: injectable time.
+//! - [`router`]: a router's endpoint and credentials, as the drivers take them.
+//!
+//! The vault, durable store, queue, outbox, drivers, executor and command line are being
+//! built (issue 4). The crate depends on no tikfleet crate but `tikfleet-shared`.
+
+pub mod clock;
+pub mod router;
 
 /// The highest agent⇄controller protocol version this agent speaks.
 pub const PROTOCOL_VERSION: u16 = tikfleet_shared::protocol::PROTOCOL_VERSION;
