@@ -6,6 +6,12 @@
 //! A writer task owns the socket half and writes whatever the tasks hand it. The network-delay
 //! fault sleeps in the command's task (so delays overlap); the service-time fault holds the
 //! router's service lock (so commands are served one at a time).
+//!
+//! Limits (a client's bad input costs it its connection, never the simulator its memory):
+//! a word or sentence over the codec's limits (`word.rs`) ends the connection with `!fatal`;
+//! at most [`MAX_IN_FLIGHT`] commands run per connection and at most [`MAX_UNSENT`] reply
+//! bytes wait for the socket; beyond either the reader stops reading until there is room, so
+//! TCP pushes back on the client and nothing is dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
@@ -24,9 +30,56 @@ use crate::reply::Reply;
 use crate::router::{Router, lock};
 use crate::word::Decoder;
 
+/// Most commands one connection may have running (tagged ones overlap; untagged ones queue).
+/// mikrotik-rs pipelines thousands of tagged commands, so this is generous; beyond it the
+/// connection is not read until one finishes.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// Most reply bytes one connection may have queued for its socket (a client that does not
+/// read its replies stops being read).
+pub const MAX_UNSENT: usize = 64 * 1024 * 1024;
+
+/// How long a connection at [`MAX_IN_FLIGHT`] waits for a command to finish before it is
+/// closed (only `listen`s, or commands queued behind an untagged `listen`, never finish).
+const SLOT_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a TLS client may take to finish its handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
 enum Out {
-    Data(Vec<u8>),
+    /// Reply bytes and their share of the connection's [`MAX_UNSENT`] budget.
+    Data(Vec<u8>, OwnedSemaphorePermit),
     Close,
+}
+
+/// The sending side of a connection's writer, with its byte budget.
+#[derive(Clone)]
+struct Sender {
+    tx: mpsc::UnboundedSender<Out>,
+    budget: Arc<Semaphore>,
+}
+
+impl Sender {
+    fn new(tx: mpsc::UnboundedSender<Out>) -> Self {
+        Self {
+            tx,
+            budget: Arc::new(Semaphore::new(MAX_UNSENT)),
+        }
+    }
+
+    /// Queues reply bytes, waiting while the budget is spent (the writer returns it).
+    async fn send(&self, data: Vec<u8>) {
+        // A reply larger than the whole budget waits for all of it.
+        let n = u32::try_from(data.len().min(MAX_UNSENT)).unwrap_or(u32::MAX);
+        let Ok(permit) = self.budget.clone().acquire_many_owned(n).await else {
+            return;
+        };
+        let _ = self.tx.send(Out::Data(data, permit));
+    }
+
+    fn close(&self) {
+        let _ = self.tx.send(Out::Close);
+    }
 }
 
 /// How a connection ends.
@@ -71,9 +124,10 @@ pub async fn serve(
         tokio::spawn(async move {
             match tls {
                 None => connection(stream, router, shutdown).await,
-                Some(acc) => match acc.accept(stream).await {
-                    Ok(s) => connection(s, router, shutdown).await,
-                    Err(e) => debug!(error = %e, "tls handshake failed"),
+                Some(acc) => match tokio::time::timeout(TLS_HANDSHAKE, acc.accept(stream)).await {
+                    Ok(Ok(s)) => connection(s, router, shutdown).await,
+                    Ok(Err(e)) => debug!(error = %e, "tls handshake failed"),
+                    Err(_) => debug!(%peer, "tls handshake timed out"),
                 },
             }
         });
@@ -84,10 +138,11 @@ async fn writer<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::UnboundedReceiver<Out
     let mut w = BufWriter::with_capacity(64 * 1024, w);
     while let Some(msg) = rx.recv().await {
         match msg {
-            Out::Data(b) => {
+            Out::Data(b, permit) => {
                 if w.write_all(&b).await.is_err() {
                     return;
                 }
+                drop(permit);
             }
             Out::Close => {
                 let _ = w.flush().await;
@@ -108,6 +163,7 @@ where
 {
     let (rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
+    let tx = Sender::new(tx);
     let mut writer = tokio::spawn(writer(wr, rx));
     let mut reboots = router.reboots.subscribe();
     lock(&router.stats).open += 1;
@@ -117,6 +173,7 @@ where
         logged_in: false,
         commands: 0,
         running: Arc::new(Mutex::new(HashMap::new())),
+        slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         tasks: JoinSet::new(),
         last_untagged: None,
         seq: 0,
@@ -129,7 +186,7 @@ where
     conn.tasks.abort_all();
     match end {
         End::Graceful => {
-            let _ = tx.send(Out::Close);
+            tx.close();
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
         }
         End::Abort => writer.abort(),
@@ -138,14 +195,24 @@ where
     st.open = st.open.saturating_sub(1);
 }
 
-type Running = Arc<Mutex<HashMap<String, Option<AbortHandle>>>>;
+/// A running command: its tag (if any) and the handle that aborts its task.
+struct Entry {
+    tag: Option<String>,
+    handle: Option<AbortHandle>,
+}
+
+/// Running commands by a per-connection sequence number (a client may reuse a tag; each
+/// command still gets its reply).
+type Running = Arc<Mutex<HashMap<u64, Entry>>>;
 
 struct Conn {
     router: Arc<Router>,
-    tx: mpsc::UnboundedSender<Out>,
+    tx: Sender,
     logged_in: bool,
     commands: u64,
     running: Running,
+    /// One permit per running command ([`MAX_IN_FLIGHT`]).
+    slots: Arc<Semaphore>,
     tasks: JoinSet<()>,
     last_untagged: Option<JoinHandle<()>>,
     seq: u64,
@@ -170,8 +237,13 @@ impl Conn {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        debug!(router = self.router.index, error = %e, "bad api stream");
-                        return End::Abort;
+                        warn!(router = self.router.index, error = %e, "closing api connection: bad api stream");
+                        // The stream cannot be resynchronised; say why, then close ([I]: what
+                        // RouterOS sends here is unconfirmed).
+                        let mut out = Vec::new();
+                        Reply::new(&mut out, None).fatal(&e.to_string());
+                        self.send(out).await;
+                        return End::Graceful;
                     }
                 }
             }
@@ -179,8 +251,8 @@ impl Conn {
         }
     }
 
-    fn send(&self, data: Vec<u8>) {
-        let _ = self.tx.send(Out::Data(data));
+    async fn send(&self, data: Vec<u8>) {
+        self.tx.send(data).await;
     }
 
     async fn sentence(&mut self, words: Vec<String>) -> Option<End> {
@@ -218,37 +290,34 @@ impl Conn {
                 if ok {
                     self.logged_in = true;
                     reply.done();
-                    self.send(out);
+                    self.send(out).await;
                     None
                 } else {
                     reply.error(&CommandError::Failure(
                         "invalid user name or password (6)".into(),
                     ));
-                    self.send(out);
+                    self.send(out).await;
                     Some(End::Graceful)
                 }
             }
             "/quit" => {
                 reply.fatal("session terminated on request");
-                self.send(out);
+                self.send(out).await;
                 Some(End::Graceful)
             }
             _ if !self.logged_in => {
                 // RouterOS's reply to commands before login is unconfirmed; `not logged in`
                 // with the connection kept open is the likeliest [I].
                 reply.error(&CommandError::NotLoggedIn);
-                self.send(out);
+                self.send(out).await;
                 None
             }
             "/cancel" => {
                 let buf = self.cancel(&cmd);
-                self.send(buf);
+                self.send(buf).await;
                 None
             }
-            _ => {
-                self.spawn(cmd);
-                None
-            }
+            _ => self.spawn(cmd).await,
         }
     }
 
@@ -256,44 +325,61 @@ impl Conn {
     /// cancelled command's `!done`. Without `=tag=` every running command is cancelled.
     /// Cancelling an unknown or finished tag gets a bare `!done` [U].
     fn cancel(&mut self, cmd: &Command) -> Vec<u8> {
-        let targets: Vec<(String, Option<AbortHandle>)> = {
+        let mut targets: Vec<(u64, Entry)> = {
             let mut running = lock(&self.running);
-            match cmd.get("tag") {
-                Some(t) => running
-                    .remove(t)
-                    .map(|h| vec![(t.to_string(), h)])
-                    .unwrap_or_default(),
-                None => running.drain().collect(),
-            }
+            let keys: Vec<u64> = running
+                .iter()
+                .filter(|(_, e)| cmd.get("tag").is_none_or(|t| e.tag.as_deref() == Some(t)))
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| running.remove(&k).map(|e| (k, e)))
+                .collect()
         };
+        targets.sort_by_key(|(k, _)| *k);
         let mut buf = Vec::new();
-        for (tag, handle) in &targets {
-            if let Some(h) = handle {
+        for (_, e) in &targets {
+            if let Some(h) = &e.handle {
                 h.abort();
             }
-            if !tag.starts_with('\0') {
-                Reply::new(&mut buf, Some(tag)).trap(&CommandError::Interrupted);
-            } else {
-                Reply::new(&mut buf, None).trap(&CommandError::Interrupted);
-            }
+            Reply::new(&mut buf, e.tag.as_deref()).trap(&CommandError::Interrupted);
         }
         Reply::new(&mut buf, cmd.tag.as_deref()).done();
-        for (tag, _) in &targets {
-            let t = (!tag.starts_with('\0')).then_some(tag.as_str());
-            Reply::new(&mut buf, t).done();
+        for (_, e) in &targets {
+            Reply::new(&mut buf, e.tag.as_deref()).done();
         }
         buf
     }
 
-    fn spawn(&mut self, cmd: Command) {
-        let key = match &cmd.tag {
-            Some(t) => t.clone(),
-            None => {
-                self.seq += 1;
-                format!("\0{}", self.seq)
+    /// Runs a command in its own task once a slot is free: at [`MAX_IN_FLIGHT`] the connection
+    /// is not read further until a command finishes, and is closed if none does in
+    /// [`SLOT_WAIT`].
+    async fn spawn(&mut self, cmd: Command) -> Option<End> {
+        let slot = match tokio::time::timeout(SLOT_WAIT, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Some(End::Abort),
+            Err(_) => {
+                warn!(
+                    router = self.router.index,
+                    limit = MAX_IN_FLIGHT,
+                    "closing api connection: too many commands in progress"
+                );
+                let mut out = Vec::new();
+                Reply::new(&mut out, None).fatal("too many commands in progress");
+                self.send(out).await;
+                return Some(End::Graceful);
             }
         };
-        lock(&self.running).insert(key.clone(), None);
+        while self.tasks.try_join_next().is_some() {}
+        self.seq += 1;
+        let key = self.seq;
+        lock(&self.running).insert(
+            key,
+            Entry {
+                tag: cmd.tag.clone(),
+                handle: None,
+            },
+        );
         let prev = if cmd.tag.is_none() {
             self.last_untagged.take()
         } else {
@@ -303,11 +389,12 @@ impl Conn {
             router: self.router.clone(),
             tx: self.tx.clone(),
             running: self.running.clone(),
-            key: key.clone(),
+            key,
         };
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         let untagged = cmd.tag.is_none();
         let handle = self.tasks.spawn(async move {
+            let _slot = slot;
             if let Some(p) = prev {
                 let _ = p.await;
             }
@@ -319,18 +406,19 @@ impl Conn {
                 let _ = done_rx.await;
             }));
         }
-        if let Some(slot) = lock(&self.running).get_mut(&key) {
-            *slot = Some(handle);
+        if let Some(e) = lock(&self.running).get_mut(&key) {
+            e.handle = Some(handle);
         }
+        None
     }
 }
 
 /// One command running in its own task.
 struct Task {
     router: Arc<Router>,
-    tx: mpsc::UnboundedSender<Out>,
+    tx: Sender,
     running: Running,
-    key: String,
+    key: u64,
 }
 
 /// Counts a command in flight for the stats while alive.
@@ -354,14 +442,15 @@ impl Drop for InFlight {
 }
 
 impl Task {
-    fn send(&self, data: Vec<u8>) {
-        let _ = self.tx.send(Out::Data(data));
+    async fn send(&self, data: Vec<u8>) {
+        self.tx.send(data).await;
     }
 
     /// Sends the final reply unless the command was cancelled meanwhile.
-    fn finish(&self, data: Vec<u8>) {
-        if lock(&self.running).remove(&self.key).is_some() {
-            self.send(data);
+    async fn finish(&self, data: Vec<u8>) {
+        let running = lock(&self.running).remove(&self.key).is_some();
+        if running {
+            self.send(data).await;
         }
     }
 
@@ -417,13 +506,13 @@ impl Task {
             tokio::time::sleep(delay).await;
         }
         match effect {
-            Effect::Done | Effect::Quit => self.finish(out),
+            Effect::Done | Effect::Quit => self.finish(out).await,
             Effect::Reboot => {
                 lock(&self.running).remove(&self.key);
                 self.router.reboot(None);
             }
             Effect::RebootAfterReply => {
-                self.finish(out);
+                self.finish(out).await;
                 // Let the writer flush the reply before the connections close.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 self.router.reboot(None);
@@ -440,9 +529,9 @@ impl Task {
                     r.end();
                     if n + 1 == rows.len() {
                         r.done();
-                        self.finish(buf);
+                        self.finish(buf).await;
                     } else {
-                        self.send(buf);
+                        self.send(buf).await;
                         tokio::time::sleep(Duration::from_millis(30)).await;
                     }
                 }

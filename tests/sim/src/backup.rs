@@ -142,11 +142,18 @@ pub fn open(data: &[u8], password: &str) -> Result<Snapshot, BackupError> {
     serde_json::from_slice(&json).map_err(|_| BackupError::Format)
 }
 
-/// Replaces the device's configuration with a snapshot (the caller then reboots).
-pub fn restore(dev: &mut Device, snap: Snapshot) {
-    dev.identity = snap.identity;
+/// Replaces the device's configuration with a snapshot (the caller then reboots). A snapshot
+/// that is not a consistent configuration (two rows with one id or one name) is refused as
+/// [`BackupError::Format`] and nothing changes: every table is rebuilt before any is replaced.
+pub fn restore(dev: &mut Device, snap: Snapshot) -> Result<(), BackupError> {
+    let mut tables = Vec::new();
     for (path, ts) in snap.tables {
-        let Some(t) = dev.tables.get_mut(path.as_str()) else {
+        // Files are not part of a backup (`save` skips them).
+        let Some((&key, t)) = dev
+            .tables
+            .get_key_value(path.as_str())
+            .filter(|(k, _)| **k != crate::menus::FILE)
+        else {
             continue;
         };
         let spec = t.spec.clone();
@@ -168,6 +175,12 @@ pub fn restore(dev: &mut Device, snap: Snapshot) {
                 }
             })
             .collect();
-        t.restore(rows, ts.next_id);
+        tables.push((
+            key,
+            t.restored(rows, ts.next_id).ok_or(BackupError::Format)?,
+        ));
     }
+    dev.identity = snap.identity;
+    dev.tables.extend(tables);
+    Ok(())
 }

@@ -17,20 +17,28 @@
 //! | `GET /routers/{i}/files` | `[{name, size}]` |
 //! | `GET /routers/{i}/export?show_sensitive=bool` | the export text |
 //!
-//! Errors are `{"error": "message"}` with 400, 404 or 409.
+//! Errors are `{"error": "message"}` with a 4xx status (400, 404, 405, 409, 415, 422), all made
+//! by [`ApiError`]: handlers return it, and every extractor is wrapped in [`Checked`], which
+//! turns axum's rejections (bad JSON, unknown field, wrong content type, bad path or query)
+//! into it. Request bodies and queries refuse unknown fields, so a typo fails loudly.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{
+    FromRequest, FromRequestParts, OptionalFromRequest, Path, Query, Request, State,
+};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router as Axum};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::device::MAX_DOWN;
 use crate::faults::{Faults, FaultsPatch, StatsView};
 use crate::router::{Router, lock};
 use crate::sessions::{ClientState, Service};
@@ -63,20 +71,101 @@ pub enum ApiError {
     /// Bad input.
     #[error("{0}")]
     Bad(String),
+    /// A request axum could not extract (its status: 400, 413, 415 or 422).
+    #[error("{message}")]
+    Rejected {
+        /// The rejection's status.
+        status: StatusCode,
+        /// What was wrong.
+        message: String,
+    },
+    /// No such route.
+    #[error("no route {0}")]
+    NoRoute(String),
+    /// The route exists, the method does not.
+    #[error("method not allowed")]
+    Method,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match self {
-            Self::NoRouter(_) | Self::NoMenu(_) | Self::NoClient => StatusCode::NOT_FOUND,
+        let status = match &self {
+            Self::NoRouter(_) | Self::NoMenu(_) | Self::NoClient | Self::NoRoute(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::Refused(_) => StatusCode::CONFLICT,
             Self::Bad(_) => StatusCode::BAD_REQUEST,
+            Self::Rejected { status, .. } => *status,
+            Self::Method => StatusCode::METHOD_NOT_ALLOWED,
         };
         (status, Json(json!({ "error": self.to_string() }))).into_response()
     }
 }
 
+macro_rules! rejections {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ApiError {
+            fn from(r: $t) -> Self {
+                Self::Rejected { status: r.status(), message: r.body_text() }
+            }
+        }
+    )*};
+}
+rejections!(JsonRejection, PathRejection, QueryRejection);
+
+/// An axum extractor whose rejection is an [`ApiError`], so a bad request gets the endpoint's
+/// JSON error shape: `Checked(Path(i)): Index`.
+#[derive(Debug)]
+pub struct Checked<E>(pub E);
+
+impl<S: Send + Sync, E> FromRequestParts<S> for Checked<E>
+where
+    E: FromRequestParts<S>,
+    ApiError: From<E::Rejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Ok(Self(E::from_request_parts(parts, state).await?))
+    }
+}
+
+impl<S: Send + Sync, E> FromRequest<S> for Checked<E>
+where
+    E: FromRequest<S>,
+    ApiError: From<E::Rejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Ok(Self(E::from_request(req, state).await?))
+    }
+}
+
+/// An optional body: absent without a `Content-Type`, otherwise it must parse.
+impl<S: Send + Sync, E> OptionalFromRequest<S> for Checked<E>
+where
+    E: OptionalFromRequest<S>,
+    ApiError: From<E::Rejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        Ok(E::from_request(req, state).await?.map(Self))
+    }
+}
+
+/// The router index of a `/routers/{i}/…` route.
+type Index = Checked<Path<usize>>;
+
+/// Most secrets one `POST /routers/{i}/seed` adds.
+const MAX_SEED: usize = 1_000_000;
+
 type ApiResult<T> = Result<T, ApiError>;
+
+fn too_long(field: &str) -> ApiError {
+    ApiError::Bad(format!("{field}: at most {} ms", MAX_DOWN.as_millis()))
+}
 
 /// The axum router.
 pub fn app(state: AppState) -> Axum {
@@ -99,6 +188,8 @@ pub fn app(state: AppState) -> Axum {
         .route("/routers/{i}/seed", post(seed))
         .route("/routers/{i}/files", get(files))
         .route("/routers/{i}/export", get(export))
+        .fallback(|uri: axum::http::Uri| async move { ApiError::NoRoute(uri.path().to_owned()) })
+        .method_not_allowed_fallback(|| async { ApiError::Method })
         .with_state(Arc::new(state))
 }
 
@@ -146,40 +237,50 @@ async fn cert(State(s): St) -> Json<Value> {
     Json(json!({ "pem": s.cert.pem, "sha256": s.cert.sha256 }))
 }
 
-async fn get_faults(State(s): St, Path(i): Path<usize>) -> ApiResult<Json<Faults>> {
+async fn get_faults(State(s): St, Checked(Path(i)): Index) -> ApiResult<Json<Faults>> {
     Ok(Json(lock(&router(&s, i)?.faults).clone()))
 }
 
 async fn put_faults(
     State(s): St,
-    Path(i): Path<usize>,
-    Json(p): Json<FaultsPatch>,
+    Checked(Path(i)): Index,
+    Checked(Json(p)): Checked<Json<FaultsPatch>>,
 ) -> ApiResult<Json<Faults>> {
     let r = router(&s, i)?;
+    if p.reboot_down_ms
+        .is_some_and(|ms| Duration::from_millis(ms) > MAX_DOWN)
+    {
+        return Err(too_long("reboot_down_ms"));
+    }
     let mut f = lock(&r.faults);
     f.apply(p);
     Ok(Json(f.clone()))
 }
 
-async fn reset_faults(State(s): St, Path(i): Path<usize>) -> ApiResult<Json<Faults>> {
+async fn reset_faults(State(s): St, Checked(Path(i)): Index) -> ApiResult<Json<Faults>> {
     let r = router(&s, i)?;
     *lock(&r.faults) = Faults::default();
     Ok(Json(Faults::default()))
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct RebootBody {
     down_ms: Option<u64>,
 }
 
 async fn reboot(
     State(s): St,
-    Path(i): Path<usize>,
-    body: Option<Json<RebootBody>>,
+    Checked(Path(i)): Index,
+    body: Option<Checked<Json<RebootBody>>>,
 ) -> ApiResult<Json<Value>> {
     let r = router(&s, i)?;
-    let down = body.and_then(|b| b.0.down_ms).map(Duration::from_millis);
+    let down = body
+        .and_then(|Checked(Json(b))| b.down_ms)
+        .map(Duration::from_millis);
+    if down.is_some_and(|d| d > MAX_DOWN) {
+        return Err(too_long("down_ms"));
+    }
     r.reboot(down);
     Ok(Json(json!({ "rebooting": true })))
 }
@@ -202,7 +303,7 @@ struct SessionView {
     uptime_ms: Option<u64>,
 }
 
-async fn sessions(State(s): St, Path(i): Path<usize>) -> ApiResult<Json<Vec<SessionView>>> {
+async fn sessions(State(s): St, Checked(Path(i)): Index) -> ApiResult<Json<Vec<SessionView>>> {
     let r = router(&s, i)?;
     let now = Instant::now();
     let mut dev = lock(&r.device);
@@ -248,6 +349,7 @@ async fn sessions(State(s): St, Path(i): Path<usize>) -> ApiResult<Json<Vec<Sess
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StartBody {
     service: Service,
     name: String,
@@ -257,8 +359,8 @@ struct StartBody {
 
 async fn start_session(
     State(s): St,
-    Path(i): Path<usize>,
-    Json(b): Json<StartBody>,
+    Checked(Path(i)): Index,
+    Checked(Json(b)): Checked<Json<StartBody>>,
 ) -> ApiResult<Json<Value>> {
     let r = router(&s, i)?;
     let id = lock(&r.device)
@@ -275,7 +377,7 @@ async fn start_session(
 
 async fn stop_session(
     State(s): St,
-    Path((i, service, name)): Path<(usize, String, String)>,
+    Checked(Path((i, service, name))): Checked<Path<(usize, String, String)>>,
 ) -> ApiResult<Json<Value>> {
     let r = router(&s, i)?;
     let service = match service.as_str() {
@@ -290,14 +392,15 @@ async fn stop_session(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MenuQuery {
     path: String,
 }
 
 async fn menu(
     State(s): St,
-    Path(i): Path<usize>,
-    Query(q): Query<MenuQuery>,
+    Checked(Path(i)): Index,
+    Checked(Query(q)): Checked<Query<MenuQuery>>,
 ) -> ApiResult<Json<Vec<BTreeMap<String, String>>>> {
     let r = router(&s, i)?;
     let now = Instant::now();
@@ -312,14 +415,15 @@ async fn menu(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StatsQuery {
     window_ms: Option<u64>,
 }
 
 async fn stats(
     State(s): St,
-    Path(i): Path<usize>,
-    Query(q): Query<StatsQuery>,
+    Checked(Path(i)): Index,
+    Checked(Query(q)): Checked<Query<StatsQuery>>,
 ) -> ApiResult<Json<StatsView>> {
     let r = router(&s, i)?;
     Ok(Json(lock(&r.stats).view(
@@ -328,12 +432,13 @@ async fn stats(
     )))
 }
 
-async fn reset_stats(State(s): St, Path(i): Path<usize>) -> ApiResult<Json<Value>> {
+async fn reset_stats(State(s): St, Checked(Path(i)): Index) -> ApiResult<Json<Value>> {
     lock(&router(&s, i)?.stats).reset();
     Ok(Json(json!({ "reset": true })))
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UpdateBody {
     latest_version: Option<String>,
     installed_version: Option<String>,
@@ -341,8 +446,8 @@ struct UpdateBody {
 
 async fn update(
     State(s): St,
-    Path(i): Path<usize>,
-    Json(b): Json<UpdateBody>,
+    Checked(Path(i)): Index,
+    Checked(Json(b)): Checked<Json<UpdateBody>>,
 ) -> ApiResult<Json<Value>> {
     let r = router(&s, i)?;
     let mut dev = lock(&r.device);
@@ -364,21 +469,25 @@ async fn update(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SeedBody {
     secrets: usize,
 }
 
 async fn seed(
     State(s): St,
-    Path(i): Path<usize>,
-    Json(b): Json<SeedBody>,
+    Checked(Path(i)): Index,
+    Checked(Json(b)): Checked<Json<SeedBody>>,
 ) -> ApiResult<Json<Value>> {
     let r = router(&s, i)?;
+    if b.secrets > MAX_SEED {
+        return Err(ApiError::Bad(format!("secrets: at most {MAX_SEED}")));
+    }
     lock(&r.device).seed_secrets(b.secrets, Instant::now());
     Ok(Json(json!({ "seeded": b.secrets })))
 }
 
-async fn files(State(s): St, Path(i): Path<usize>) -> ApiResult<Json<Vec<Value>>> {
+async fn files(State(s): St, Checked(Path(i)): Index) -> ApiResult<Json<Vec<Value>>> {
     let r = router(&s, i)?;
     let files = lock(&r.device).files();
     Ok(Json(
@@ -390,6 +499,7 @@ async fn files(State(s): St, Path(i): Path<usize>) -> ApiResult<Json<Vec<Value>>
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ExportQuery {
     #[serde(default)]
     show_sensitive: bool,
@@ -399,8 +509,8 @@ struct ExportQuery {
 
 async fn export(
     State(s): St,
-    Path(i): Path<usize>,
-    Query(q): Query<ExportQuery>,
+    Checked(Path(i)): Index,
+    Checked(Query(q)): Checked<Query<ExportQuery>>,
 ) -> ApiResult<String> {
     let r = router(&s, i)?;
     let dev = lock(&r.device);

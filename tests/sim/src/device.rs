@@ -157,6 +157,16 @@ pub struct Device {
     next_session_id: u32,
 }
 
+/// Longest downtime of a reboot (the control endpoint refuses more; a day is "down" for any test).
+pub const MAX_DOWN: Duration = Duration::from_secs(24 * 3600);
+
+/// When something `secs` from `now` happens, or `invalid value for argument NAME` when that is
+/// beyond what the clock can represent (a client may write `timeout=99999999999999w`).
+fn deadline(now: Instant, secs: u64, name: &str) -> Result<Instant, CommandError> {
+    now.checked_add(Duration::from_secs(secs))
+        .ok_or_else(|| CommandError::InvalidValue(name.to_string()))
+}
+
 fn bool_value(v: &str) -> Option<&'static str> {
     match v {
         "yes" | "true" => Some("true"),
@@ -354,8 +364,10 @@ impl Device {
         self.boot_wall + now.saturating_duration_since(self.boot)
     }
 
-    /// Reboots: drops every session and goes down for `down`; the configuration is kept.
+    /// Reboots: drops every session and goes down for `down` (at most [`MAX_DOWN`]); the
+    /// configuration is kept.
     pub fn reboot(&mut self, now: Instant, down: Duration) {
+        let down = down.min(MAX_DOWN);
         let ids: Vec<u32> = self.sessions.keys().copied().collect();
         for id in ids {
             self.end_session(id, now, "hung-up");
@@ -501,20 +513,22 @@ impl Device {
         self.next_addr = (self.next_addr + 1) % 65_000;
         let second = if service == Service::Pppoe { 64 } else { 65 };
         let address = format!("10.{second}.{}.{}", n / 250, n % 250 + 2);
+        let next = |n: &mut u32| {
+            let id = *n;
+            *n = n.wrapping_add(1);
+            id
+        };
         let id = if service == Service::Pppoe {
-            self.next_active += 1;
-            self.next_active - 1
+            next(&mut self.next_active)
         } else {
-            self.next_hs_active += 1;
-            self.next_hs_active - 1
+            next(&mut self.next_hs_active)
         };
         let iface_id = if service == Service::Pppoe {
-            self.next_iface += 1;
-            self.next_iface - 1
+            next(&mut self.next_iface)
         } else {
             0
         };
-        self.next_session_id += 1;
+        self.next_session_id = self.next_session_id.wrapping_add(1);
         self.sessions.insert(
             id,
             Session {
@@ -655,11 +669,10 @@ impl Device {
                     self.print_owned(&[vec![("name", self.identity.clone())]], cmd, out)
                 }
                 "set" => {
-                    for (k, v) in &cmd.attrs {
-                        if k != "name" {
-                            return Err(CommandError::UnknownParameter(k.clone()));
-                        }
-                        self.identity = v.clone();
+                    // Every argument is checked before anything changes.
+                    check_only(cmd, &["name"])?;
+                    if let Some(v) = cmd.get("name") {
+                        self.identity = v.to_string();
                     }
                     out.done();
                     Ok(Effect::Done)
@@ -940,13 +953,16 @@ impl Device {
                 return Err(CommandError::Failure(format!("failure: {r} not specified")));
             }
         }
+        let expires = timeout
+            .map(|secs| deadline(now, secs, "timeout"))
+            .transpose()?;
         let t = self
             .tables
             .get_mut(menu)
             .ok_or(CommandError::NoSuchCommand)?;
         let id = t.insert(vals, None, false)?;
-        if let Some(secs) = timeout {
-            t.set_expiry(id, Some(now + Duration::from_secs(secs)));
+        if expires.is_some() {
+            t.set_expiry(id, expires);
         }
         Ok(id)
     }
@@ -970,7 +986,7 @@ impl Device {
             let (i, v) = self.normalise(&spec, k, v)?;
             if menu == ADDRESS_LIST && k == "timeout" {
                 let secs = v.as_deref().and_then(parse_duration).filter(|s| *s > 0);
-                expiry = Some(secs.map(|s| now + Duration::from_secs(s)));
+                expiry = Some(secs.map(|s| deadline(now, s, k)).transpose()?);
             }
             changes.push((i, v));
         }
@@ -1005,10 +1021,7 @@ impl Device {
             .tables
             .get_mut(menu)
             .ok_or(CommandError::NoSuchCommand)?;
-        for id in ids {
-            t.update(*id, &changes)?;
-        }
-        Ok(())
+        t.update_many(ids, &changes)
     }
 
     // ------------------------------------------------------------------------------- print
@@ -1051,8 +1064,8 @@ impl Device {
         let (count_only, query) = Self::print_opts(cmd)?;
         let t = self.tables.get(menu).ok_or(CommandError::NoSuchCommand)?;
         let spec = &t.spec;
-        let from = match cmd.get("from") {
-            Some(f) => Some(t.resolve(f)?),
+        let from: Option<std::collections::HashSet<u32>> = match cmd.get("from") {
+            Some(f) => Some(t.resolve(f)?.into_iter().collect()),
             None => None,
         };
         let timeout_i = spec.field_index("timeout");
@@ -1287,8 +1300,9 @@ impl Device {
         let (mut sess_up, mut sess_down) = (0u64, 0u64);
         for s in self.sessions.values() {
             let (u, d) = s.bytes(now);
-            sess_up += u;
-            sess_down += d;
+            // Rates come from client-written rate limits: saturate rather than overflow.
+            sess_up = sess_up.saturating_add(u);
+            sess_down = sess_down.saturating_add(d);
         }
         let since = self
             .personality
@@ -1297,11 +1311,15 @@ impl Device {
         for n in 1..=5u32 {
             // ether1 is the uplink: background traffic plus subscribers; the rest is quiet.
             let (rx, tx) = if n == 1 {
-                (up * 40 + sess_down, up * 10 + sess_up)
-            } else {
                 (
-                    up * (6 - n as u64) + sess_up / 4,
-                    up * (6 - n as u64) * 2 + sess_down / 4,
+                    up.saturating_mul(40).saturating_add(sess_down),
+                    up.saturating_mul(10).saturating_add(sess_up),
+                )
+            } else {
+                let quiet = up.saturating_mul(6 - u64::from(n));
+                (
+                    quiet.saturating_add(sess_up / 4),
+                    quiet.saturating_mul(2).saturating_add(sess_down / 4),
                 )
             };
             rows.push(vec![
@@ -1492,17 +1510,13 @@ impl Device {
                 Ok(Effect::CheckForUpdates)
             }
             "set" => {
-                for (k, v) in &cmd.attrs {
-                    match k.as_str() {
-                        "channel"
-                            if ["stable", "long-term", "testing", "development"]
-                                .contains(&v.as_str()) =>
-                        {
-                            self.update.channel = v.clone();
-                        }
-                        "channel" => return Err(CommandError::NoMatch("channel".into())),
-                        other => return Err(CommandError::UnknownParameter(other.to_string())),
+                // Every argument is checked before anything changes.
+                check_only(cmd, &["channel"])?;
+                if let Some(v) = cmd.get("channel") {
+                    if !["stable", "long-term", "testing", "development"].contains(&v) {
+                        return Err(CommandError::NoMatch("channel".into()));
                     }
+                    self.update.channel = v.to_string();
                 }
                 out.done();
                 Ok(Effect::Done)
@@ -1578,7 +1592,8 @@ impl Device {
                     .to_string();
                 let snap = crate::backup::open(&data, &pw)
                     .map_err(|e| CommandError::Failure(e.to_string()))?;
-                crate::backup::restore(self, snap);
+                crate::backup::restore(self, snap)
+                    .map_err(|e| CommandError::Failure(e.to_string()))?;
                 out.done();
                 Ok(Effect::RebootAfterReply)
             }

@@ -5,6 +5,7 @@
 //! with timestamps so tests can count commands over a window.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,7 @@ pub struct Faults {
 
 /// A partial update of [`Faults`] (`PUT /routers/{i}/faults`): given fields replace, others stay.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FaultsPatch {
     /// See [`Faults::delay_ms`].
     pub delay_ms: Option<u64>,
@@ -86,13 +87,23 @@ impl Faults {
 /// How many timestamps are kept for windowed counts.
 const HISTORY: usize = 1_000_000;
 
+/// Longest command word counted under its own name (a client chooses the word, before login
+/// too); longer ones are cut at a character boundary.
+const MAX_PATH: usize = 128;
+
+/// Most distinct command words counted; further ones are counted under [`OTHER`].
+const MAX_PATHS: usize = 1024;
+
+/// The `by_path` key of the words beyond [`MAX_PATHS`].
+const OTHER: &str = "(other)";
+
 /// Command counters.
 #[derive(Debug)]
 pub struct Stats {
     epoch: Instant,
     total: u64,
-    by_path: BTreeMap<String, u64>,
-    recent: VecDeque<(Instant, String)>,
+    by_path: BTreeMap<Arc<str>, u64>,
+    recent: VecDeque<(Instant, Arc<str>)>,
     /// Connections accepted (including refused ones).
     pub connections: u64,
     /// Connections open now.
@@ -144,14 +155,26 @@ impl Default for Stats {
 }
 
 impl Stats {
-    /// Records one command.
+    /// Records one command (memory stays bounded whatever words a client sends).
     pub fn record(&mut self, path: &str, now: Instant) {
         self.total += 1;
-        *self.by_path.entry(path.to_string()).or_default() += 1;
+        let mut cut = path.len().min(MAX_PATH);
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut path = &path[..cut];
+        if self.by_path.len() >= MAX_PATHS && !self.by_path.contains_key(path) {
+            path = OTHER;
+        }
+        let key = match self.by_path.get_key_value(path) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(path),
+        };
+        *self.by_path.entry(key.clone()).or_default() += 1;
         if self.recent.len() == HISTORY {
             self.recent.pop_front();
         }
-        self.recent.push_back((now, path.to_string()));
+        self.recent.push_back((now, key));
     }
 
     /// Clears the counters (open connection counts stay).
@@ -166,7 +189,7 @@ impl Stats {
 
     /// A snapshot, with counts over the last `window` if given.
     pub fn view(&self, window: Option<Duration>, now: Instant) -> StatsView {
-        let in_window: Vec<&(Instant, String)> = match window {
+        let in_window: Vec<&(Instant, Arc<str>)> = match window {
             Some(w) => self
                 .recent
                 .iter()
@@ -181,14 +204,18 @@ impl Stats {
         let by = window.map(|_| {
             let mut m = BTreeMap::new();
             for (_, p) in &in_window {
-                *m.entry(p.clone()).or_default() += 1;
+                *m.entry(p.to_string()).or_default() += 1;
             }
             m
         });
         let skip = self.recent.len().saturating_sub(1000);
         StatsView {
             total: self.total,
-            by_path: self.by_path.clone(),
+            by_path: self
+                .by_path
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             window_ms: window.map(|w| w.as_millis() as u64),
             in_window: window.map(|_| in_window.len() as u64),
             in_window_by_path: by,
@@ -203,5 +230,26 @@ impl Stats {
             open: self.open,
             max_in_flight: self.max_in_flight,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_memory_is_bounded_whatever_the_words() {
+        let mut st = Stats::default();
+        let now = Instant::now();
+        let long = "é".repeat(1000);
+        st.record(&long, now);
+        for n in 0..2 * MAX_PATHS {
+            st.record(&format!("/x/{n}"), now);
+        }
+        let v = st.view(None, now);
+        assert_eq!(v.total, 2 * MAX_PATHS as u64 + 1);
+        assert_eq!(v.by_path.len(), MAX_PATHS + 1);
+        assert!(v.by_path.keys().all(|k| k.len() <= MAX_PATH));
+        assert_eq!(v.by_path.get(OTHER), Some(&(MAX_PATHS as u64 + 1)));
     }
 }

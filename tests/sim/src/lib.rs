@@ -129,6 +129,14 @@ pub enum StartError {
         /// Its ports.
         second_range: String,
     },
+    /// A listener's port range (base port + router index) goes past port 65535.
+    #[error("the ports of {listener} ({range}) go past 65535")]
+    PortsOutOfRange {
+        /// The listener kind.
+        listener: &'static str,
+        /// Its ports.
+        range: String,
+    },
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -203,7 +211,9 @@ impl Running {
 async fn bind(base: SocketAddr, i: usize, kind: &str) -> Result<TcpListener, StartError> {
     let mut addr = base;
     if base.port() != 0 {
-        addr.set_port(base.port().saturating_add(i as u16));
+        // `check_port_ranges` has refused ranges past 65535.
+        let port = u16::try_from(usize::from(base.port()) + i).unwrap_or(u16::MAX);
+        addr.set_port(port);
     }
     TcpListener::bind(addr)
         .await
@@ -216,7 +226,7 @@ async fn bind(base: SocketAddr, i: usize, kind: &str) -> Result<TcpListener, Sta
 
 /// Refuses configurations whose fixed port ranges collide, before anything binds.
 fn check_port_ranges(config: &Config) -> Result<(), StartError> {
-    let n = config.routers as u32;
+    let n = u32::try_from(config.routers).unwrap_or(u32::MAX);
     let mut ranges: Vec<(&'static str, SocketAddr, u32)> = vec![("api", config.api, n)];
     ranges.extend(config.api_ssl.map(|a| ("api-ssl", a, n)));
     ranges.extend(config.ssh.map(|a| ("ssh", a, n)));
@@ -224,8 +234,20 @@ fn check_port_ranges(config: &Config) -> Result<(), StartError> {
     ranges.retain(|(_, a, _)| a.port() != 0);
     let show = |a: &SocketAddr, len: u32| match len {
         1 => format!("port {}", a.port()),
-        _ => format!("ports {}-{}", a.port(), u32::from(a.port()) + len - 1),
+        _ => format!(
+            "ports {}-{}",
+            a.port(),
+            u64::from(a.port()) + u64::from(len) - 1
+        ),
     };
+    for (listener, a, len) in &ranges {
+        if u64::from(a.port()) + u64::from(*len) - 1 > u64::from(u16::MAX) {
+            return Err(StartError::PortsOutOfRange {
+                listener,
+                range: show(a, *len),
+            });
+        }
+    }
     for (i, (first, a, alen)) in ranges.iter().enumerate() {
         for (second, b, blen) in &ranges[i + 1..] {
             let (a0, b0) = (u32::from(a.port()), u32::from(b.port()));
@@ -366,4 +388,69 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ports(routers: usize, api: u16, ssl: u16, ssh: u16, control: u16) -> Config {
+        let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        Config {
+            api: at(api),
+            api_ssl: Some(at(ssl)),
+            ssh: Some(at(ssh)),
+            control: Some(at(control)),
+            routers,
+            ..Config::local()
+        }
+    }
+
+    fn check(config: Config, expected: Result<(), &str>) {
+        let got = check_port_ranges(&config).map_err(|e| e.to_string());
+        assert_eq!(got, expected.map_err(str::to_owned), "{config:?}");
+    }
+
+    #[test]
+    fn port_ranges() {
+        check(ports(1, 18728, 18729, 18722, 18080), Ok(()));
+        check(ports(2, 18728, 18828, 18722, 18080), Ok(()));
+        check(
+            ports(2, 18728, 18729, 18722, 18080),
+            Err(
+                "the ports of api (ports 18728-18729) and api-ssl (ports 18729-18730) overlap: \
+                 with N routers each listener takes N consecutive ports from its base port",
+            ),
+        );
+        check(
+            ports(10, 18728, 18828, 18622, 18730),
+            Err(
+                "the ports of api (ports 18728-18737) and control (port 18730) overlap: \
+                 with N routers each listener takes N consecutive ports from its base port",
+            ),
+        );
+        // Port 0 (any free port) never collides.
+        check(ports(50, 0, 0, 0, 0), Ok(()));
+        check(ports(50, 18728, 0, 0, 18728 + 50), Ok(()));
+        // Different hosts do not collide; the unspecified address collides with every host.
+        let mut c = ports(2, 18728, 18729, 0, 0);
+        c.api_ssl = Some(([127, 0, 0, 2], 18729).into());
+        check(c.clone(), Ok(()));
+        c.api_ssl = Some(([0, 0, 0, 0], 18729).into());
+        assert!(matches!(
+            check_port_ranges(&c),
+            Err(StartError::PortsOverlap { .. })
+        ));
+        check(
+            ports(2, 65535, 0, 0, 0),
+            Err("the ports of api (ports 65535-65536) go past 65535"),
+        );
+        check(ports(1, 65535, 0, 0, 0), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn start_refuses_overlapping_ports_before_binding() {
+        let err = start(ports(3, 18728, 18730, 0, 0)).await.unwrap_err();
+        assert!(matches!(err, StartError::PortsOverlap { .. }), "{err}");
+    }
 }

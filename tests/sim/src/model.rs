@@ -355,6 +355,51 @@ impl Table {
         Ok(())
     }
 
+    /// Applies the same changes to several rows, all or none: a missing row or a key clash
+    /// (with another row, or between the rows themselves) changes nothing.
+    pub fn update_many(
+        &mut self,
+        ids: &[u32],
+        changes: &[(usize, Option<String>)],
+    ) -> Result<(), CommandError> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut updated = Vec::with_capacity(ids.len());
+        let mut new_keys: HashMap<String, u32> = HashMap::new();
+        for id in &ids {
+            let row = self.rows.get(id).ok_or(CommandError::NoSuchItem)?;
+            let mut vals = row.vals.clone();
+            for (i, v) in changes {
+                if let Some(slot) = vals.get_mut(*i) {
+                    *slot = v.clone();
+                }
+            }
+            if let Some(k) = self.key_of(&vals) {
+                let taken_by_other = self
+                    .by_key
+                    .get(&k)
+                    .is_some_and(|owner| ids.binary_search(owner).is_err());
+                if taken_by_other || new_keys.insert(k, *id).is_some() {
+                    return Err(CommandError::Duplicate(self.spec.dup_msg));
+                }
+            }
+            updated.push((*id, vals));
+        }
+        for (id, _) in &updated {
+            if let Some(k) = self.rows.get(id).and_then(|r| self.key_of(&r.vals)) {
+                self.by_key.remove(&k);
+            }
+        }
+        self.by_key.extend(new_keys);
+        for (id, vals) in updated {
+            if let Some(row) = self.rows.get_mut(&id) {
+                row.vals = vals;
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the expiry of a row.
     pub fn set_expiry(&mut self, id: u32, at: Option<Instant>) {
         if let Some(r) = self.rows.get_mut(&id) {
@@ -403,17 +448,26 @@ impl Table {
         Ok(out)
     }
 
-    /// Replaces every row (backup restore).
-    pub fn restore(&mut self, rows: Vec<Row>, next_id: u32) {
-        self.rows.clear();
-        self.by_key.clear();
+    /// A table of the same menu holding `rows` (backup restore), or `None` if they are not a
+    /// consistent table: two rows with one id or one key. Ids stay never reused: the counter
+    /// is moved past the highest id.
+    pub fn restored(&self, rows: Vec<Row>, next_id: u32) -> Option<Table> {
+        let mut t = Table::new(self.spec.clone(), next_id);
         for r in rows {
-            if let Some(k) = self.key_of(&r.vals) {
-                self.by_key.insert(k, r.id);
+            if let Some(k) = t.key_of(&r.vals)
+                && t.by_key.insert(k, r.id).is_some()
+            {
+                return None;
             }
-            self.rows.insert(r.id, r);
+            if r.vals.len() != t.spec.fields.len() || t.rows.contains_key(&r.id) {
+                return None;
+            }
+            if r.id >= t.next_id && !r.builtin {
+                t.next_id = r.id.checked_add(1)?;
+            }
+            t.rows.insert(r.id, r);
         }
-        self.next_id = next_id;
+        Some(t)
     }
 }
 

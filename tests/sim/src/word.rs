@@ -2,12 +2,21 @@
 //!
 //! A word is a length prefix (1 to 5 bytes) and that many bytes; a sentence is words ended by a
 //! zero-length word. [`Decoder`] is incremental: feed it whatever the socket returned and take
-//! complete sentences out; it never panics on arbitrary input. The encoders write straight into
+//! complete sentences out; it never panics on arbitrary input, and it refuses a word or sentence
+//! over the limits below from its length prefix alone, before buffering it. The encoders write
+//! straight into
 //! a caller's buffer so replies of 100,000 rows need no per-word allocation. This codec is the
 //! simulator's own, written independently of tikfleet's client codec on purpose.
 
-/// Largest word the decoder accepts (the protocol allows more; nothing real sends that much).
-pub const MAX_WORD: usize = 16 * 1024 * 1024;
+/// Largest word the decoder accepts (the protocol allows 4 GiB). A `=numbers=` list naming
+/// 100,000 rows by id is under 1 MiB; nothing a RouterOS client sends comes near 4 MiB.
+pub const MAX_WORD: usize = 4 * 1024 * 1024;
+
+/// Most bytes (words and their length prefixes) one sentence may take.
+pub const MAX_SENTENCE: usize = 8 * 1024 * 1024;
+
+/// Most words in one sentence (a print with thousands of `?` terms still fits).
+pub const MAX_WORDS: usize = 65_536;
 
 /// Why a byte stream is not a valid RouterOS API stream.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -18,6 +27,12 @@ pub enum WordError {
     /// A word longer than [`MAX_WORD`].
     #[error("word of {0} bytes is too long")]
     TooLong(u64),
+    /// A sentence that would take more than [`MAX_SENTENCE`] bytes.
+    #[error("sentence of more than {} bytes is too long", MAX_SENTENCE)]
+    SentenceTooLong,
+    /// A sentence of more than [`MAX_WORDS`] words.
+    #[error("sentence of more than {} words is too long", MAX_WORDS)]
+    TooManyWords,
 }
 
 /// Appends the length prefix of a word of `len` bytes.
@@ -93,6 +108,8 @@ pub struct Decoder {
     buf: Vec<u8>,
     pos: usize,
     words: Vec<String>,
+    /// Bytes of the sentence being decoded so far (prefixes included).
+    sentence_bytes: usize,
 }
 
 impl Decoder {
@@ -101,12 +118,14 @@ impl Decoder {
         Self::default()
     }
 
-    /// Adds bytes read from the peer.
+    /// Adds bytes read from the peer. The buffer holds at most the undecoded part of one word
+    /// and what was pushed after it: words are taken out as soon as they are complete.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.pos > 0 && self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
         }
+        self.compact();
         self.buf.extend_from_slice(bytes);
     }
 
@@ -118,13 +137,23 @@ impl Decoder {
             let Some((len, prefix)) = decode_len(rest)? else {
                 return Ok(None);
             };
+            // Checked from the prefix alone, before waiting for (and buffering) the word.
+            self.sentence_bytes += prefix + len;
+            if self.sentence_bytes > MAX_SENTENCE {
+                return Err(WordError::SentenceTooLong);
+            }
+            if len > 0 && self.words.len() >= MAX_WORDS {
+                return Err(WordError::TooManyWords);
+            }
             if rest.len() < prefix + len {
+                self.sentence_bytes -= prefix + len;
                 return Ok(None);
             }
             let word = &rest[prefix..prefix + len];
             self.pos += prefix + len;
             if len == 0 {
                 let words = std::mem::take(&mut self.words);
+                self.sentence_bytes = 0;
                 self.compact();
                 if words.is_empty() {
                     // An empty sentence is a keep-alive; RouterOS ignores it.
@@ -152,7 +181,12 @@ mod tests {
         let mut out = Vec::new();
         encode_len(len, &mut out);
         assert_eq!(out, prefix, "length {len:#x}");
-        assert_eq!(decode_len(&out), Ok(Some((len, prefix.len()))));
+        let want = if len > MAX_WORD {
+            Err(WordError::TooLong(len as u64))
+        } else {
+            Ok(Some((len, prefix.len())))
+        };
+        assert_eq!(decode_len(&out), want);
         // Every strict prefix of the length bytes asks for more.
         for cut in 0..out.len() {
             assert_eq!(decode_len(&out[..cut]), Ok(None));
@@ -188,6 +222,45 @@ mod tests {
         for b in 0xF8..=0xFF {
             assert_eq!(decode_len(&[b]), Err(WordError::ControlByte(b)));
         }
+    }
+
+    #[test]
+    fn a_4_gib_word_is_refused_from_its_prefix() {
+        let mut d = Decoder::new();
+        d.push(&[3, b'/', b'x', b'y', 0xF0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        assert_eq!(d.next_sentence(), Err(WordError::TooLong(0xFFFF_FFFF)));
+        assert!(
+            d.buf.capacity() < 1024,
+            "nothing of the claimed size was allocated"
+        );
+    }
+
+    #[test]
+    fn sentence_limits() {
+        // After one maximal word a second does not fit in the sentence: its prefix is refused
+        // before its bytes arrive.
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let word = vec![b'x'; MAX_WORD];
+        encode_word(&word, &mut out);
+        d.push(&out);
+        assert_eq!(d.next_sentence(), Ok(None));
+        d.push(&out[..out.len() - 16]);
+        assert_eq!(d.next_sentence(), Err(WordError::SentenceTooLong));
+        // Words are counted too.
+        let mut d = Decoder::new();
+        d.push(&[1, b'x'].repeat(MAX_WORDS));
+        assert_eq!(d.next_sentence(), Ok(None));
+        d.push(&[1, b'x']);
+        assert_eq!(d.next_sentence(), Err(WordError::TooManyWords));
+        // Under the limits a sentence of many words decodes, and the next starts afresh.
+        let mut d = Decoder::new();
+        let mut out = [1, b'x'].repeat(MAX_WORDS);
+        out.push(0);
+        d.push(&out);
+        d.push(&out);
+        assert_eq!(d.next_sentence().unwrap().map(|s| s.len()), Some(MAX_WORDS));
+        assert_eq!(d.next_sentence().unwrap().map(|s| s.len()), Some(MAX_WORDS));
     }
 
     #[test]

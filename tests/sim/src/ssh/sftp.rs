@@ -24,6 +24,10 @@ const MAX_READ: u32 = 64 * 1024;
 /// Most handles one session may hold open.
 const MAX_HANDLES: usize = 1024;
 
+/// Most bytes one session's open handles may hold together (read snapshots and uploads), so
+/// 1024 handles on a large file cannot take 1024 copies of it.
+const MAX_HELD: usize = 512 * 1024 * 1024;
+
 /// Mode bits of a regular file, `-rw-r--r--`.
 const FILE_MODE: u32 = 0o100_644;
 
@@ -128,6 +132,26 @@ impl FileServer {
         }
     }
 
+    /// Bytes the open handles hold.
+    fn held(&self) -> usize {
+        self.handles
+            .values()
+            .map(|h| match h {
+                Open::File { data, .. } => data.len(),
+                Open::Dir { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// Refuses to hold `more` bytes beyond [`MAX_HELD`].
+    fn reserve(&self, more: usize) -> Result<(), StatusCode> {
+        if self.held().saturating_add(more) > MAX_HELD {
+            warn!("sftp session holds too many bytes in open files");
+            return Err(StatusCode::Failure);
+        }
+        Ok(())
+    }
+
     fn add_handle(&mut self, open: Open) -> Result<String, StatusCode> {
         if self.handles.len() >= MAX_HANDLES {
             warn!("sftp session holds too many open handles");
@@ -200,6 +224,7 @@ impl russh_sftp::server::Handler for FileServer {
         } else {
             existing.ok_or(StatusCode::NoSuchFile)?
         };
+        self.reserve(data.len())?;
         debug!(file = name, writable, "sftp open");
         let handle = self.add_handle(Open::File {
             name: name.to_owned(),
@@ -259,6 +284,7 @@ impl russh_sftp::server::Handler for FileServer {
         bytes: Vec<u8>,
     ) -> Result<Status, Self::Error> {
         self.check_up()?;
+        let held = self.held();
         let Some(Open::File {
             data,
             writable: true,
@@ -276,6 +302,7 @@ impl russh_sftp::server::Handler for FileServer {
         let end = start
             .checked_add(bytes.len())
             .filter(|end| *end <= MAX_FILE_SIZE)
+            .filter(|end| held.saturating_add(end.saturating_sub(data.len())) <= MAX_HELD)
             .ok_or(StatusCode::Failure)?;
         if data.len() < end {
             data.resize(end, 0);
