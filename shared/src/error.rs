@@ -77,6 +77,9 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or unexpected condition on our side.
     Internal,
+    /// The router refused a command for a reason no other code describes (a `!trap` such as
+    /// `failure: can not remove default item`); the message carries the router's words.
+    RouterError,
     /// A code this build does not know (sent by a newer peer). Never sent on purpose.
     #[serde(other)]
     Unknown,
@@ -84,7 +87,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a peer may send, in declaration order (without [`ErrorCode::Unknown`]).
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::ConnectionRefused,
         Self::Timeout,
         Self::ConnectionReset,
@@ -106,6 +109,7 @@ impl ErrorCode {
         Self::Cancelled,
         Self::Unavailable,
         Self::Internal,
+        Self::RouterError,
     ];
 
     /// The stable snake_case code, identical to the serialized form.
@@ -133,6 +137,7 @@ impl ErrorCode {
             Self::Cancelled => "cancelled",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::RouterError => "router_error",
             Self::Unknown => "unknown",
         }
     }
@@ -168,6 +173,7 @@ impl ErrorCode {
             | Self::ProtocolError
             | Self::FrameTooLarge
             | Self::Cancelled
+            | Self::RouterError
             | Self::Unknown => ErrorClass::Permanent,
         }
     }
@@ -213,6 +219,7 @@ impl ErrorCode {
             Self::Cancelled => "the operation was cancelled",
             Self::Unavailable => "the service is temporarily unavailable; retry later",
             Self::Internal => "internal error",
+            Self::RouterError => "the router refused the command; see its message",
             Self::Unknown => "unknown error",
         }
     }
@@ -312,6 +319,7 @@ mod tests {
         check(ErrorCode::PermissionDenied, false);
         check(ErrorCode::AuthenticationFailed, false);
         check(ErrorCode::Unknown, false);
+        check(ErrorCode::RouterError, false);
         assert_eq!(
             ErrorCode::AuthenticationFailed.class(),
             ErrorClass::Authentication
