@@ -4,6 +4,13 @@
 //!
 //! - [`clock`]: injectable time.
 //! - [`router`]: a router's endpoint and credentials, as the drivers take them.
+//! - [`store`]: the durable sled store (one tree per concern), group commit, size cap.
+//! - [`vault`]: router passwords sealed at rest (XChaCha20-Poly1305), the vault key.
+//! - [`registry`]: the routers this agent serves, with sealed passwords.
+//! - [`queue`]: the durable job queue (priorities, retries, dead letters) over a storage
+//!   trait with a sled implementation and an in-memory model.
+//! - [`outbox`]: the durable, sequence-numbered outbox of records for the controller.
+//! - [`ratelimit`]: token buckets per router and tenant, per-router concurrency limits.
 //! - [`routeros`]: the RouterOS API driver: pooled, pipelined, classified, observed.
 //! - [`ops`]: idempotent router operations ("make it so" by name) for the router-level jobs.
 //!
@@ -12,8 +19,14 @@
 
 pub mod clock;
 pub mod ops;
+pub mod outbox;
+pub mod queue;
+pub mod ratelimit;
+pub mod registry;
 pub mod router;
 pub mod routeros;
+pub mod store;
+pub mod vault;
 
 /// The highest agent⇄controller protocol version this agent speaks.
 pub const PROTOCOL_VERSION: u16 = tikfleet_shared::protocol::PROTOCOL_VERSION;
