@@ -13,6 +13,8 @@
 //! - [`ratelimit`]: token buckets per router and tenant, per-router concurrency limits.
 //! - [`routeros`]: the RouterOS API driver: pooled, pipelined, classified, observed.
 //! - [`ops`]: idempotent router operations ("make it so" by name) for the router-level jobs.
+//! - [`ssh`]: the SSH driver (libssh2 in blocking tasks): `/export`, console commands, SFTP
+//!   file transfer, host keys pinned on first use.
 //!
 //! The vault, durable store, queue, outbox, drivers, executor and command line are being
 //! built (issue 4). The crate depends on no tikfleet crate but `tikfleet-shared`.
@@ -25,6 +27,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod router;
 pub mod routeros;
+pub mod ssh;
 pub mod store;
 pub mod vault;
 
