@@ -13,20 +13,26 @@
 //! exceed `max_bytes` with them alone. [`OutboxStats::near_cap`] turns on at
 //! [`OutboxConfig::near_cap_percent`] of `max_bytes`, for an alert.
 //!
-//! A dropped telemetry record leaves a hole in the sequence; the uplink must tell the
-//! controller (see the report that came with this module: shared's session treats a hole as
-//! a protocol gap today).
+//! No holes: the controller's [`DurableStream`](tikfleet_shared::session::DurableStream)
+//! treats a skipped seq as a protocol gap. A dropped telemetry record is therefore replaced
+//! in place (same seq) by a tombstone, delivered as [`OutboxRecord::Dropped`] with
+//! [`DropReason::Telemetry`]; a tombstone takes [`TOMBSTONE_BYTES`] toward `max_bytes` and
+//! does not count as telemetry. [`Outbox::read_after`] likewise delivers a record that does
+//! not decode as a [`DropReason::Corrupt`] tombstone, and a seq with nothing stored (left by
+//! an agent from before tombstones) as a [`DropReason::Missing`] one, so the seqs it returns
+//! above the ack are always contiguous.
 //!
-//! On disk (`outbox` tree): `r` + seq (u64 big-endian) → one kind byte (`1` telemetry,
-//! `0` anything else, so trimming needs no decoding) + MessagePack of the record;
+//! On disk (`outbox` tree): `r` + seq (u64 big-endian) → one kind byte (`1` telemetry, `2`
+//! tombstone, `0` anything else, so trimming needs no decoding) + the body: MessagePack of the
+//! record, or for a tombstone one reason byte (`0` telemetry, `1` corrupt, `2` missing);
 //! `mnext_seq`, `macked`, `mdropped` → u64 big-endian counters, written in the same atomic
 //! batch as the records they describe.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 use tikfleet_shared::ErrorCode;
-use tikfleet_shared::record::OutboxRecord;
+use tikfleet_shared::record::{DropReason, OutboxRecord};
 use tokio::sync::Notify;
 
 use crate::store::{Store, StoreError, TreeName};
@@ -86,15 +92,16 @@ pub struct OutboxStats {
     pub last_seq: u64,
     /// The controller's last ack.
     pub acked: u64,
-    /// Records waiting.
+    /// Records waiting, tombstones included.
     pub records: u64,
     /// Bytes they take (keys and values).
     pub bytes: u64,
-    /// Telemetry records among them.
+    /// Telemetry records among them (tombstones are not telemetry).
     pub telemetry: u64,
-    /// Telemetry records dropped because of the caps, ever.
+    /// Telemetry records dropped (replaced by tombstones) because of the caps, ever.
     pub dropped_telemetry: u64,
-    /// Records skipped because they could not be decoded.
+    /// Stored records that could not be decoded and were read back as tombstones, since the
+    /// outbox was opened (each counted once).
     pub corrupt: u64,
     /// Whether the outbox uses at least `near_cap_percent` of `max_bytes`.
     pub near_cap: bool,
@@ -106,6 +113,52 @@ const ACKED: &[u8] = b"macked";
 const DROPPED: &[u8] = b"mdropped";
 const KIND_OTHER: u8 = 0;
 const KIND_TELEMETRY: u8 = 1;
+const KIND_TOMBSTONE: u8 = 2;
+
+/// What a tombstone takes toward [`OutboxConfig::max_bytes`]: its key and two bytes.
+pub const TOMBSTONE_BYTES: u64 = 11;
+
+const fn reason_byte(reason: DropReason) -> u8 {
+    match reason {
+        DropReason::Telemetry => 0,
+        DropReason::Corrupt => 1,
+        DropReason::Missing => 2,
+    }
+}
+
+fn reason_of(byte: u8) -> Option<DropReason> {
+    DropReason::ALL
+        .into_iter()
+        .find(|reason| reason_byte(*reason) == byte)
+}
+
+fn tombstone(reason: DropReason) -> [u8; 2] {
+    [KIND_TOMBSTONE, reason_byte(reason)]
+}
+
+/// Encodes a record for the tree: its kind byte and body.
+fn encode_value(record: &OutboxRecord) -> Result<Vec<u8>, StoreError> {
+    let kind = match record {
+        OutboxRecord::Dropped { reason } => return Ok(tombstone(*reason).to_vec()),
+        OutboxRecord::Telemetry(_) => KIND_TELEMETRY,
+        _ => KIND_OTHER,
+    };
+    let mut value = vec![kind];
+    rmp_serde::encode::write_named(&mut value, record).map_err(|e| StoreError::Encode {
+        what: "outbox record",
+        reason: e.to_string(),
+    })?;
+    Ok(value)
+}
+
+/// Decodes a stored value; `None` if it is corrupt.
+fn decode_value(value: &[u8]) -> Option<OutboxRecord> {
+    match value.split_first()? {
+        (&KIND_TOMBSTONE, [reason]) => reason_of(*reason).map(OutboxRecord::dropped),
+        (&KIND_TOMBSTONE, _) => None,
+        (_, body) => rmp_serde::from_slice(body).ok(),
+    }
+}
 
 fn record_key(seq: u64) -> [u8; 9] {
     let mut key = [b'r'; 9];
@@ -129,6 +182,8 @@ struct State {
     /// (seq, bytes) of each telemetry record, oldest first.
     telemetry: VecDeque<(u64, u64)>,
     dropped: u64,
+    /// Seqs of the undecodable records counted in `corrupt` (trimmed on ack).
+    corrupt_seqs: BTreeSet<u64>,
     corrupt: u64,
 }
 
@@ -164,6 +219,7 @@ impl Outbox {
             bytes: 0,
             telemetry: VecDeque::new(),
             dropped: counter(DROPPED)?,
+            corrupt_seqs: BTreeSet::new(),
             corrupt: 0,
         };
         for item in tree.scan_prefix(b"r") {
@@ -196,6 +252,9 @@ impl Outbox {
     }
 
     /// Appends a record and returns its sequence number once it is on disk.
+    ///
+    /// If the caps drop telemetry, the oldest telemetry records (possibly `record` itself)
+    /// are replaced by tombstones under their seqs, in the same atomic batch.
     pub async fn push(&self, mut record: OutboxRecord) -> Result<u64, OutboxError> {
         let seq = {
             let mut state = self.lock();
@@ -203,25 +262,16 @@ impl Outbox {
             if let OutboxRecord::Audit(audit) = &mut record {
                 audit.seq = seq;
             }
-            let kind = if matches!(record, OutboxRecord::Telemetry(_)) {
-                KIND_TELEMETRY
-            } else {
-                KIND_OTHER
-            };
-            let mut value = vec![kind];
-            rmp_serde::encode::write_named(&mut value, &record).map_err(|e| {
-                StoreError::Encode {
-                    what: "outbox record",
-                    reason: e.to_string(),
-                }
-            })?;
+            let value = encode_value(&record)?;
+            let is_telemetry = value.first() == Some(&KIND_TELEMETRY);
             let key = record_key(seq);
             let size = (key.len() + value.len()) as u64;
 
-            // Plan the drops first; state changes only after the batch is applied.
+            // Plan the drops first; state changes only after the batch is applied. A dropped
+            // record's bytes become a tombstone's; the loop ends as telemetry runs out.
             let mut telemetry = state.telemetry.len() as u64;
             let mut bytes = state.bytes + size;
-            if kind == KIND_TELEMETRY {
+            if is_telemetry {
                 telemetry += 1;
             }
             let mut drops = Vec::new();
@@ -229,7 +279,7 @@ impl Outbox {
                 .telemetry
                 .iter()
                 .copied()
-                .chain((kind == KIND_TELEMETRY).then_some((seq, size)));
+                .chain(is_telemetry.then_some((seq, size)));
             while telemetry > self.config.max_telemetry
                 || (bytes > self.config.max_bytes && telemetry > 0)
             {
@@ -238,18 +288,17 @@ impl Outbox {
                 };
                 drops.push(old_seq);
                 telemetry -= 1;
-                bytes -= old_size;
+                bytes -= old_size.saturating_sub(TOMBSTONE_BYTES);
             }
             let drops_self = drops.last() == Some(&seq);
 
             let mut batch = sled::Batch::default();
+            let dropped_value = tombstone(DropReason::Telemetry);
+            for old in &drops {
+                batch.insert(&record_key(*old), &dropped_value);
+            }
             if !drops_self {
                 batch.insert(&key, value);
-            }
-            for old in &drops {
-                if *old != seq {
-                    batch.remove(&record_key(*old));
-                }
             }
             batch.insert(NEXT_SEQ, &(seq + 1).to_be_bytes());
             if !drops.is_empty() {
@@ -260,10 +309,12 @@ impl Outbox {
                 .map_err(|e| self.store.map_sled(e))?;
 
             state.next_seq = seq + 1;
-            if !drops_self {
-                state.records += 1;
+            state.records += 1;
+            if drops_self {
+                state.bytes += TOMBSTONE_BYTES;
+            } else {
                 state.bytes += size;
-                if kind == KIND_TELEMETRY {
+                if is_telemetry {
                     state.telemetry.push_back((seq, size));
                 }
             }
@@ -271,9 +322,9 @@ impl Outbox {
                 if *old == seq {
                     continue;
                 }
+                // Drops are taken oldest first, so each is the front of the queue.
                 if let Some((_, old_size)) = state.telemetry.pop_front() {
-                    state.records -= 1;
-                    state.bytes -= old_size;
+                    state.bytes -= old_size.saturating_sub(TOMBSTONE_BYTES);
                 }
             }
             if !drops.is_empty() {
@@ -281,7 +332,7 @@ impl Outbox {
                 tracing::warn!(
                     dropped = drops.len(),
                     total_dropped = state.dropped,
-                    "outbox over its cap: dropped the oldest telemetry"
+                    "outbox over its cap: replaced the oldest telemetry by tombstones"
                 );
             }
             seq
@@ -291,35 +342,59 @@ impl Outbox {
         Ok(seq)
     }
 
-    /// Up to `limit` records with sequence numbers above `after`, in order. Records that
-    /// cannot be decoded are logged, counted and skipped.
+    /// Up to `limit` records with sequence numbers above `after` (and above the last ack), in
+    /// order and contiguous: a record that cannot be decoded comes as a
+    /// [`DropReason::Corrupt`] tombstone (logged and counted once), a seq with nothing stored
+    /// as a [`DropReason::Missing`] one.
     pub fn read_after(
         &self,
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, OutboxRecord)>, OutboxError> {
+        // Under the lock, every seq up to `last` is on the tree and none is being trimmed.
+        let mut state = self.lock();
+        let last = state.next_seq - 1;
+        let mut expected = after.max(state.acked).saturating_add(1);
         let mut out = Vec::new();
-        let start = record_key(after.saturating_add(1));
-        for item in self.tree.range(start..) {
+        if expected > last || limit == 0 {
+            return Ok(out);
+        }
+        let mut missing = 0u64;
+        for item in self.tree.range(record_key(expected)..=record_key(last)) {
             if out.len() >= limit {
                 break;
             }
             let (key, value) = item.map_err(|e| self.store.map_sled(e))?;
-            let Some(seq) = seq_of(&key) else { break };
-            match value
-                .split_first()
-                .map(|(_, body)| rmp_serde::from_slice::<OutboxRecord>(body))
-            {
-                Some(Ok(record)) => out.push((seq, record)),
-                Some(Err(e)) => {
-                    self.lock().corrupt += 1;
-                    tracing::error!(seq, error = %e, "skipping a corrupt outbox record");
-                }
-                None => {
-                    self.lock().corrupt += 1;
-                    tracing::error!(seq, "skipping an empty outbox record");
-                }
+            // A malformed key carries no seq; it cannot stand for one (counted on open).
+            let Some(seq) = seq_of(&key) else { continue };
+            while expected < seq && out.len() < limit {
+                out.push((expected, OutboxRecord::dropped(DropReason::Missing)));
+                missing += 1;
+                expected += 1;
             }
+            if out.len() >= limit {
+                break;
+            }
+            let record = decode_value(&value).unwrap_or_else(|| {
+                if state.corrupt_seqs.insert(seq) {
+                    state.corrupt += 1;
+                    tracing::error!(seq, "a corrupt outbox record goes out as a tombstone");
+                }
+                OutboxRecord::dropped(DropReason::Corrupt)
+            });
+            out.push((seq, record));
+            expected = seq + 1;
+        }
+        while expected <= last && out.len() < limit {
+            out.push((expected, OutboxRecord::dropped(DropReason::Missing)));
+            missing += 1;
+            expected += 1;
+        }
+        if missing > 0 {
+            tracing::warn!(
+                missing,
+                "outbox seqs with nothing stored go out as tombstones"
+            );
         }
         Ok(out)
     }
@@ -355,6 +430,7 @@ impl Outbox {
         while state.telemetry.front().is_some_and(|&(seq, _)| seq <= upto) {
             state.telemetry.pop_front();
         }
+        state.corrupt_seqs = state.corrupt_seqs.split_off(&(upto + 1));
         Ok(removed)
     }
 

@@ -5,6 +5,12 @@
 //! [`JobUpdate`]s. The agent gives each [`OutboxRecord`] a monotonic sequence number (the
 //! envelope's `seq`, see [`session`](crate::session)) and keeps it until the controller has
 //! stored it and acknowledged it, so each record takes effect exactly once.
+//!
+//! The stream of seqs has no holes: the receiver treats a skipped seq as a protocol gap.
+//! When the agent cannot deliver the record under a seq (telemetry dropped to keep the
+//! outbox within its caps, a stored record that no longer decodes), it sends an
+//! [`OutboxRecord::Dropped`] tombstone under that seq instead, which the controller counts.
+//! Tombstones cannot be merged: each one holds its own seq.
 
 use std::collections::BTreeMap;
 
@@ -30,11 +36,26 @@ pub enum OutboxRecord {
     JobUpdate(JobUpdate),
     /// The reconciler finished applying a generation.
     Applied(ApplyReport),
+    /// A tombstone: the record under this seq was not delivered, for `reason`. It keeps the
+    /// seqs contiguous; the controller stores and counts it and acks it like any record.
+    /// Audit records, job updates, drift and apply reports are never dropped, so a
+    /// tombstone stands for telemetry or for a record that could not be read back.
+    Dropped {
+        /// Why the record is missing.
+        reason: DropReason,
+    },
 }
 
 impl OutboxRecord {
     /// Every record kind, in declaration order.
-    pub const NAMES: [&'static str; 5] = ["audit", "telemetry", "drift", "job_update", "applied"];
+    pub const NAMES: [&'static str; 6] = [
+        "audit",
+        "telemetry",
+        "drift",
+        "job_update",
+        "applied",
+        "dropped",
+    ];
 
     /// The record kind's snake_case name, identical to its serialized tag.
     #[must_use]
@@ -45,6 +66,40 @@ impl OutboxRecord {
             Self::Drift(_) => "drift",
             Self::JobUpdate(_) => "job_update",
             Self::Applied(_) => "applied",
+            Self::Dropped { .. } => "dropped",
+        }
+    }
+
+    /// A tombstone for `reason`.
+    #[must_use]
+    pub const fn dropped(reason: DropReason) -> Self {
+        Self::Dropped { reason }
+    }
+}
+
+/// Why an [`OutboxRecord::Dropped`] tombstone stands in for a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// A telemetry record, dropped (oldest first) to keep the outbox within its caps.
+    Telemetry,
+    /// The stored record could not be decoded.
+    Corrupt,
+    /// Nothing was stored under the seq (an agent from before tombstones dropped it).
+    Missing,
+}
+
+impl DropReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Self; 3] = [Self::Telemetry, Self::Corrupt, Self::Missing];
+
+    /// The reason's snake_case name, identical to its serialized form.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Telemetry => "telemetry",
+            Self::Corrupt => "corrupt",
+            Self::Missing => "missing",
         }
     }
 }
@@ -345,6 +400,21 @@ mod tests {
             "{json}"
         );
         assert_eq!(p.len(), 4);
+    }
+
+    #[test]
+    fn tombstones_are_tiny_and_named_like_their_tags() {
+        for reason in DropReason::ALL {
+            let record = OutboxRecord::dropped(reason);
+            let json = serde_json::to_value(&record).unwrap();
+            assert_eq!(json["dropped"]["reason"], reason.name(), "{json}");
+            let bytes = rmp_serde::to_vec_named(&record).unwrap();
+            assert!(bytes.len() <= 32, "{reason:?}: {} bytes", bytes.len());
+            assert_eq!(
+                rmp_serde::from_slice::<OutboxRecord>(&bytes).unwrap(),
+                record
+            );
+        }
     }
 
     #[test]

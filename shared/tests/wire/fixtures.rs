@@ -1,6 +1,6 @@
 //! Fixed-value envelopes for the golden file: one per message, job operation, outbox record,
-//! telemetry sample and profile kind. Values are fixed (no clock, no randomness) so the
-//! encoded bytes are reproducible. Changing a value here changes the golden file.
+//! telemetry sample, tombstone reason and profile kind. Values are fixed (no clock, no
+//! randomness) so the encoded bytes are reproducible. Changing a value here changes the golden file.
 
 use tikfleet_shared::domain::*;
 use tikfleet_shared::ids::*;
@@ -271,6 +271,19 @@ fn all_records() -> Vec<(String, OutboxRecord)> {
                 changes: 4,
                 error: None,
             }),
+        ),
+        // Appended after the v1 records so their frames (and seqs) stay as blessed.
+        (
+            "record/dropped/telemetry".into(),
+            OutboxRecord::dropped(DropReason::Telemetry),
+        ),
+        (
+            "record/dropped/corrupt".into(),
+            OutboxRecord::dropped(DropReason::Corrupt),
+        ),
+        (
+            "record/dropped/missing".into(),
+            OutboxRecord::dropped(DropReason::Missing),
         ),
     ]
 }

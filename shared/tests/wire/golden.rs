@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use tikfleet_shared::codec::{decode, encode};
 use tikfleet_shared::job::JobOp;
 use tikfleet_shared::protocol::Message;
-use tikfleet_shared::record::OutboxRecord;
+use tikfleet_shared::record::{DropReason, OutboxRecord};
 
 use crate::fixtures;
 
@@ -78,11 +78,17 @@ fn fixtures_cover_every_variant() {
     let mut messages = Vec::new();
     let mut ops = Vec::new();
     let mut records = Vec::new();
+    let mut drop_reasons = Vec::new();
     for (_, envelope) in &fixtures {
         messages.push(envelope.msg.name());
         match &envelope.msg {
             Message::Job(job) => ops.push(job.op.name()),
-            Message::Record(record) => records.push(record.name()),
+            Message::Record(record) => {
+                records.push(record.name());
+                if let OutboxRecord::Dropped { reason } = record {
+                    drop_reasons.push(*reason);
+                }
+            }
             _ => {}
         }
     }
@@ -99,6 +105,13 @@ fn fixtures_cover_every_variant() {
         assert!(
             records.contains(&name),
             "no golden fixture for record {name}"
+        );
+    }
+    for reason in DropReason::ALL {
+        assert!(
+            drop_reasons.contains(&reason),
+            "no golden fixture for tombstone reason {}",
+            reason.name()
         );
     }
 }

@@ -558,7 +558,12 @@ pub fn outbox_record() -> impl Strategy<Value = OutboxRecord> {
         drift().prop_map(OutboxRecord::Drift),
         job_update().prop_map(OutboxRecord::JobUpdate),
         apply_report().prop_map(OutboxRecord::Applied),
+        drop_reason().prop_map(OutboxRecord::dropped),
     ]
+}
+
+fn drop_reason() -> impl Strategy<Value = DropReason> {
+    proptest::sample::select(DropReason::ALL.to_vec())
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
