@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: the technician's command line (`router`, `queue`, `status`).
 //! - [`clock`]: injectable time.
+//! - [`config`]: the configuration file (TOML) and its defaults.
 //! - [`router`]: a router's endpoint and credentials, as the drivers take them.
 //! - [`store`]: the durable sled store (one tree per concern), group commit, size cap.
 //! - [`vault`]: router passwords sealed at rest (XChaCha20-Poly1305), the vault key.
@@ -19,7 +21,9 @@
 //! The vault, durable store, queue, outbox, drivers, executor and command line are being
 //! built (issue 4). The crate depends on no tikfleet crate but `tikfleet-shared`.
 
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod ops;
 pub mod outbox;
 pub mod queue;

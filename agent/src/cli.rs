@@ -1,0 +1,720 @@
+//! The command line a site technician uses: `router add|list|remove|test`,
+//! `queue list|show|retry|purge-dead` and `status`, on the agent's own data folder.
+//!
+//! These commands open the store directly, so they work with the agent stopped (sled allows
+//! one process per data folder; with the agent running they say so and stop). Passwords come
+//! from standard input or a prompt without echo, never from an argument, and are never printed.
+//! Every failure is one line `error: …` with a hint where one helps, and a nonzero exit.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tikfleet_shared::job::JobStatus;
+use tikfleet_shared::{ErrorCode, JobId, RouterId, Secret, TenantId};
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::AgentConfig;
+use crate::queue::{JobRecord, Queue};
+use crate::registry::{NewRouter, Registry, RouterInfo};
+use crate::router::TlsMode;
+use crate::routeros::{NoopObserver, RouterOsClient};
+use crate::store::{Store, StoreConfig};
+use crate::vault::{KeySources, Vault, load_key};
+
+/// tikfleet-agent: the site agent beside a tenant's MikroTik routers.
+#[derive(Debug, Parser)]
+#[command(name = "tikfleet-agent", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML); without one, defaults apply (data in ./data/agent).
+    #[arg(long, global = true, env = "TIKFLEET_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data folder; overrides the configuration's `data_dir`.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the routers this agent serves.
+    #[command(subcommand)]
+    Router(RouterCommand),
+    /// Inspect and repair the job queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Routers reachable, queue and outbox depth, last errors.
+    Status,
+}
+
+/// `router …`.
+#[derive(Debug, Subcommand)]
+pub enum RouterCommand {
+    /// Add a router; the password is read from standard input or a prompt.
+    Add(AddRouter),
+    /// List the routers (never their passwords).
+    List,
+    /// Remove a router by name.
+    Remove {
+        /// The router's name.
+        name: String,
+    },
+    /// Connect to a router: login, RouterOS version, identity, available updates.
+    Test {
+        /// The router's name.
+        name: String,
+    },
+}
+
+/// How the API connection is secured, on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TlsArg {
+    /// Plain API (8728): the password crosses the network in clear text.
+    Plain,
+    /// API-SSL, verifying the router's certificate against `--ca-file`.
+    Verify,
+    /// API-SSL, accepting exactly the certificate with the `--pin` fingerprint.
+    Pin,
+}
+
+/// `router add`.
+#[derive(Debug, Args)]
+pub struct AddRouter {
+    /// A unique name for people (`core-1`).
+    #[arg(long)]
+    pub name: String,
+    /// Host name or IP address.
+    #[arg(long)]
+    pub host: String,
+    /// API user.
+    #[arg(long)]
+    pub user: String,
+    /// API port (default 8729 with TLS, 8728 plain).
+    #[arg(long)]
+    pub api_port: Option<u16>,
+    /// SSH port.
+    #[arg(long, default_value_t = 22)]
+    pub ssh_port: u16,
+    /// How the API connection is secured.
+    #[arg(long, value_enum, default_value_t = TlsArg::Pin)]
+    pub tls: TlsArg,
+    /// With `--tls verify`: the CA certificate(s), PEM.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// With `--tls verify`: the name the certificate must carry (default: the host).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// With `--tls pin`: SHA-256 of the router's certificate (hex, colons allowed).
+    #[arg(long)]
+    pub pin: Option<String>,
+    /// Tenant (default: the configuration's `tenant_id`).
+    #[arg(long)]
+    pub tenant: Option<TenantId>,
+    /// The controller's id for this router (default: a new one).
+    #[arg(long)]
+    pub id: Option<RouterId>,
+}
+
+/// `queue …`.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List jobs, newest first.
+    List {
+        /// Only jobs with this status.
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+    },
+    /// One job in full: operation, attempts, progress, last error.
+    Show {
+        /// The job's id.
+        id: JobId,
+    },
+    /// Queue a failed job again now.
+    Retry {
+        /// The job's id.
+        id: JobId,
+    },
+    /// Delete every dead-lettered job.
+    PurgeDead,
+}
+
+/// A job status on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatusArg {
+    /// Waiting to run.
+    Queued,
+    /// Running now.
+    Running,
+    /// Waiting to retry after a transient error.
+    Retrying,
+    /// Done.
+    Succeeded,
+    /// Dead-lettered.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl From<StatusArg> for JobStatus {
+    fn from(s: StatusArg) -> Self {
+        match s {
+            StatusArg::Queued => Self::Queued,
+            StatusArg::Running => Self::Running,
+            StatusArg::Retrying => Self::Retrying,
+            StatusArg::Succeeded => Self::Succeeded,
+            StatusArg::Failed => Self::Failed,
+            StatusArg::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// A failure to show a person: what went wrong, and what to do about it.
+#[derive(Debug)]
+pub struct CliError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// One line.
+    pub message: String,
+    /// What to try.
+    pub hint: Option<String>,
+}
+
+impl CliError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "error: {} [{}]", self.message, self.code.as_str())?;
+        if let Some(h) = &self.hint {
+            write!(f, "\nhint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+macro_rules! from_coded {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CliError {
+            fn from(e: $t) -> Self {
+                Self::new(e.code(), e.to_string())
+            }
+        }
+    )*};
+}
+from_coded!(
+    crate::registry::RegistryError,
+    crate::queue::QueueError,
+    crate::vault::VaultError,
+    crate::outbox::OutboxError
+);
+
+impl From<crate::store::StoreError> for CliError {
+    fn from(e: crate::store::StoreError) -> Self {
+        let code = e.code();
+        let text = e.to_string();
+        let err = Self::new(code, text.clone());
+        if matches!(e, crate::store::StoreError::Open { .. }) && text.contains("lock") {
+            err.hint("another tikfleet-agent uses this data folder; stop it (systemctl stop tikfleet-agent) and try again")
+        } else {
+            err
+        }
+    }
+}
+
+/// Everything a local command needs, opened from the configuration.
+struct Local {
+    config: AgentConfig,
+    store: Store,
+    registry: Registry,
+    clock: SharedClock,
+}
+
+impl Local {
+    fn open(cli: &Cli) -> Result<Self, CliError> {
+        let mut config = match &cli.config {
+            Some(path) => AgentConfig::load(path).map_err(|e| {
+                CliError::new(ErrorCode::InvalidRequest, e.to_string())
+                    .hint("see the example in `tikfleet-agent --help` and docs/agent.md")
+            })?,
+            None => AgentConfig::default(),
+        };
+        if let Some(dir) = &cli.data_dir {
+            config.data_dir.clone_from(dir);
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            CliError::new(
+                ErrorCode::Internal,
+                format!(
+                    "cannot create the data folder {}: {e}",
+                    config.data_dir.display()
+                ),
+            )
+        })?;
+        let mut store_config = StoreConfig::new(config.data_dir.join("store"));
+        if let Some(max) = config.store.max_bytes {
+            store_config = store_config.with_max_bytes(max);
+        }
+        let store = Store::open(&store_config)?;
+        let (key, _) = load_key(&KeySources::from_env(&config.data_dir))?;
+        let registry = Registry::open(&store, Vault::new(&key))?;
+        Ok(Self {
+            config,
+            store,
+            registry,
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    fn router(&self, name: &str) -> Result<RouterInfo, CliError> {
+        self.registry.find_by_name(name)?.ok_or_else(|| {
+            CliError::new(ErrorCode::NotFound, format!("no router named {name:?}"))
+                .hint("`tikfleet-agent router list` shows the routers this agent serves")
+        })
+    }
+
+    fn queue(&self) -> Result<Queue, CliError> {
+        Ok(Queue::open(&self.store, self.clock.now())?)
+    }
+}
+
+/// Runs a local command, writing what a person reads to `out`.
+pub async fn run_local(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    let local = Local::open(cli)?;
+    let result = match &cli.command {
+        Command::Router(cmd) => router_command(&local, cmd, out).await,
+        Command::Queue(cmd) => queue_command(&local, cmd, out).await,
+        Command::Status => status(&local, out).await,
+    };
+    // Whatever happened, what was written is made durable before the process ends.
+    local.store.commit().await?;
+    result
+}
+
+fn write_err(e: std::io::Error) -> CliError {
+    CliError::new(ErrorCode::Internal, format!("cannot write output: {e}"))
+}
+
+async fn router_command(
+    local: &Local,
+    cmd: &RouterCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match cmd {
+        RouterCommand::Add(add) => {
+            let router = new_router(local, add)?;
+            let info = local.registry.add(router).await?;
+            writeln!(out, "added router {} ({})", info.name, info.id).map_err(write_err)?;
+        }
+        RouterCommand::List => {
+            let routers = local.registry.list()?;
+            if routers.is_empty() {
+                writeln!(out, "no routers; add one with `tikfleet-agent router add`")
+                    .map_err(write_err)?;
+            } else {
+                let rows = routers.iter().map(|r| {
+                    vec![
+                        r.name.clone(),
+                        format!("{}:{}", r.host, r.api_port),
+                        tls_label(&r.tls).to_owned(),
+                        r.username.clone(),
+                        r.id.to_string(),
+                    ]
+                });
+                table(out, &["NAME", "API", "TLS", "USER", "ID"], rows)?;
+            }
+        }
+        RouterCommand::Remove { name } => {
+            let info = local.router(name)?;
+            local.registry.remove(info.id).await?;
+            writeln!(out, "removed router {name}").map_err(write_err)?;
+        }
+        RouterCommand::Test { name } => {
+            let info = local.router(name)?;
+            let report = probe(local, &info).await?;
+            for line in report {
+                writeln!(out, "{line}").map_err(write_err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn new_router(local: &Local, add: &AddRouter) -> Result<NewRouter, CliError> {
+    let tenant = add.tenant.or(local.config.tenant_id).ok_or_else(|| {
+        CliError::new(
+            ErrorCode::InvalidRequest,
+            "this agent has no tenant yet, so the router cannot be assigned to one",
+        )
+        .hint("enroll the agent first, or pass --tenant ID, or set tenant_id in the configuration")
+    })?;
+    let tls = match add.tls {
+        TlsArg::Plain => TlsMode::Plain,
+        TlsArg::Pin => TlsMode::Pin {
+            sha256: add
+                .pin
+                .as_deref()
+                .map(|pin| {
+                    crate::routeros::tls::normalize_pin(pin)
+                        .map_err(|e| CliError::new(e.code(), e.message().to_owned()))
+                })
+                .transpose()?
+                .ok_or_else(|| {
+                CliError::new(ErrorCode::InvalidRequest, "--tls pin needs --pin SHA256").hint(
+                    "read the fingerprint on the router: /certificate print detail (fingerprint), \
+                     or use --tls verify --ca-file, or --tls plain on a network only the agent reaches",
+                )
+            })?,
+        },
+        TlsArg::Verify => {
+            let path = add.ca_file.as_ref().ok_or_else(|| {
+                CliError::new(ErrorCode::InvalidRequest, "--tls verify needs --ca-file PEM")
+            })?;
+            let ca_pem = std::fs::read_to_string(path).map_err(|e| {
+                CliError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("cannot read the CA file {}: {e}", path.display()),
+                )
+            })?;
+            TlsMode::Verify {
+                ca_pem,
+                server_name: add.server_name.clone().unwrap_or_else(|| add.host.clone()),
+            }
+        }
+    };
+    let api_port = add.api_port.unwrap_or(match add.tls {
+        TlsArg::Plain => 8728,
+        TlsArg::Verify | TlsArg::Pin => 8729,
+    });
+    let password = read_password(&add.name)?;
+    Ok(NewRouter {
+        id: add.id.unwrap_or_else(RouterId::new),
+        tenant,
+        name: add.name.clone(),
+        host: add.host.clone(),
+        api_port,
+        ssh_port: add.ssh_port,
+        tls,
+        username: add.user.clone(),
+        password,
+    })
+}
+
+/// The router's password: prompted for without echo on a terminal, else one line of stdin.
+fn read_password(router: &str) -> Result<Secret, CliError> {
+    let stdin = std::io::stdin();
+    let text = if stdin.is_terminal() {
+        rpassword::prompt_password(format!("password for {router}: ")).map_err(|e| {
+            CliError::new(
+                ErrorCode::InvalidRequest,
+                format!("cannot read the password: {e}"),
+            )
+        })?
+    } else {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line).map_err(|e| {
+            CliError::new(
+                ErrorCode::InvalidRequest,
+                format!("cannot read the password: {e}"),
+            )
+        })?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if text.is_empty() {
+        return Err(
+            CliError::new(ErrorCode::InvalidRequest, "the password is empty").hint(
+                "type it at the prompt, or pipe it: `printf %s \"$PW\" | tikfleet-agent router add …`",
+            ),
+        );
+    }
+    Ok(Secret::new(text))
+}
+
+fn tls_label(tls: &TlsMode) -> &'static str {
+    match tls {
+        TlsMode::Plain => "plain",
+        TlsMode::Verify { .. } => "verify",
+        TlsMode::Pin { .. } => "pin",
+    }
+}
+
+/// Connects to one router and describes what it found.
+async fn probe(local: &Local, info: &RouterInfo) -> Result<Vec<String>, CliError> {
+    let endpoint = local.registry.get(info.id)?;
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!(
+        "connecting to {} ({}:{})",
+        info.name, info.host, info.api_port
+    ));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let result = async {
+        let client = RouterOsClient::connect(
+            endpoint,
+            local.config.driver.driver_config(),
+            local.clock.clone(),
+            Arc::new(NoopObserver),
+        )
+        .await?;
+        let identity = client
+            .run(crate::routeros::Cmd::new("/system/identity/print"))
+            .await?
+            .first()
+            .and_then(|row| row.get("name").cloned())
+            .unwrap_or_default();
+        spinner.set_message(format!("{}: checking for updates", info.name));
+        let update = client.check_for_updates().await;
+        Ok::<_, crate::routeros::DriverError>((client.version(), identity, update))
+    }
+    .await;
+    spinner.finish_and_clear();
+    let (version, identity, update) = result.map_err(|e| {
+        let hint = match e.code() {
+            ErrorCode::AuthenticationFailed => {
+                "check the user and password (re-add the router), and the certificate settings"
+            }
+            ErrorCode::ConnectionRefused => {
+                "check the address and port, and that /ip service api or api-ssl is enabled for the agent's address"
+            }
+            ErrorCode::Timeout => "the router did not answer in time; check the network path",
+            _ => "",
+        };
+        let err = CliError::new(e.code(), e.message().to_owned());
+        if hint.is_empty() { err } else { err.hint(hint) }
+    })?;
+    let mut lines = vec![
+        format!("{}: reachable", info.name),
+        format!("  identity:  {identity}"),
+        format!("  routeros:  {version}"),
+    ];
+    lines.push(match (&update.error, update.available, &update.latest) {
+        (Some(e), _, _) => format!("  updates:   could not check ({e})"),
+        (None, true, Some(latest)) => format!("  updates:   {latest} is available"),
+        (None, _, _) => "  updates:   up to date".to_owned(),
+    });
+    Ok(lines)
+}
+
+async fn queue_command(
+    local: &Local,
+    cmd: &QueueCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let queue = local.queue()?;
+    let now = local.clock.now();
+    match cmd {
+        QueueCommand::List { status } => {
+            let mut jobs = queue.list(status.map(JobStatus::from))?;
+            jobs.sort_by(|a, b| b.seq.cmp(&a.seq));
+            if jobs.is_empty() {
+                writeln!(out, "no jobs").map_err(write_err)?;
+            } else {
+                let rows = jobs.iter().map(|j| {
+                    vec![
+                        j.job.id.to_string(),
+                        status_label(j.status).to_owned(),
+                        j.job.op.name().to_owned(),
+                        j.attempts.to_string(),
+                        j.last_error
+                            .as_ref()
+                            .map_or_else(String::new, |e| e.code.as_str().to_owned()),
+                    ]
+                });
+                table(
+                    out,
+                    &["ID", "STATUS", "OPERATION", "ATTEMPTS", "LAST ERROR"],
+                    rows,
+                )?;
+            }
+        }
+        QueueCommand::Show { id } => {
+            let job = queue.get(*id)?.ok_or_else(|| {
+                CliError::new(ErrorCode::NotFound, format!("no job {id}"))
+                    .hint("`tikfleet-agent queue list` shows the jobs")
+            })?;
+            show_job(out, &job)?;
+        }
+        QueueCommand::Retry { id } => {
+            let job = queue.requeue(*id, now).await?;
+            writeln!(out, "job {} is queued again", job.job.id).map_err(write_err)?;
+        }
+        QueueCommand::PurgeDead => {
+            let n = queue.purge_dead().await?;
+            writeln!(out, "purged {n} dead-lettered job(s)").map_err(write_err)?;
+        }
+    }
+    Ok(())
+}
+
+fn status_label(s: JobStatus) -> &'static str {
+    match s {
+        JobStatus::Queued => "queued",
+        JobStatus::Running => "running",
+        JobStatus::Retrying => "retrying",
+        JobStatus::Succeeded => "succeeded",
+        JobStatus::Failed => "failed",
+        JobStatus::Cancelled => "cancelled",
+    }
+}
+
+fn show_job(out: &mut dyn Write, j: &JobRecord) -> Result<(), CliError> {
+    let mut lines = vec![
+        format!("job:        {}", j.job.id),
+        format!("operation:  {}", j.job.op.name()),
+        format!("priority:   {:?}", j.job.priority),
+        format!("status:     {}", status_label(j.status)),
+        format!("attempts:   {}", j.attempts),
+    ];
+    if let Some(p) = &j.progress {
+        lines.push(format!("progress:   {}/{}", p.done, p.total));
+    }
+    if let Some(e) = &j.last_error {
+        lines.push(format!(
+            "last error: {} ({}{})",
+            e.message,
+            e.code.as_str(),
+            if e.retryable { ", retryable" } else { "" }
+        ));
+    }
+    if let Some(d) = &j.detail {
+        lines.push(format!("result:     {d}"));
+    }
+    for line in lines {
+        writeln!(out, "{line}").map_err(write_err)?;
+    }
+    Ok(())
+}
+
+async fn status(local: &Local, out: &mut dyn Write) -> Result<(), CliError> {
+    let routers = local.registry.list()?;
+    let bar = indicatif::ProgressBar::new(routers.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("probing routers {bar:20} {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut lines = Vec::new();
+    for r in &routers {
+        let probe = tokio::time::timeout(
+            Duration::from_millis(local.config.driver.connect_timeout_ms.saturating_mul(2)),
+            probe(local, r),
+        )
+        .await;
+        lines.push(match probe {
+            Ok(Ok(report)) => format!(
+                "  {:<16} reachable, {}",
+                r.name,
+                report
+                    .get(2)
+                    .map_or("", |l| l.trim_start())
+                    .trim_start_matches("routeros:")
+                    .trim()
+            ),
+            Ok(Err(e)) => format!("  {:<16} {} [{}]", r.name, e.message, e.code.as_str()),
+            Err(_) => format!("  {:<16} no answer in time [timeout]", r.name),
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let queue = local.queue()?;
+    let counts = queue.counts();
+    let outbox = crate::outbox::Outbox::open(&local.store, outbox_config(&local.config))?;
+    let ob = outbox.stats();
+    let store = local.store.stats()?;
+    let mut text = vec![format!("routers: {}", routers.len())];
+    text.extend(lines);
+    text.push(format!(
+        "queue: {} queued, {} running, {} retrying, {} failed, {} succeeded",
+        counts.queued, counts.running, counts.retrying, counts.failed, counts.succeeded
+    ));
+    text.push(format!(
+        "outbox: {} records waiting ({} bytes){}, {} telemetry dropped",
+        ob.records,
+        ob.bytes,
+        if ob.near_cap { ", NEAR ITS CAP" } else { "" },
+        ob.dropped_telemetry
+    ));
+    text.push(format!(
+        "store: {} bytes on disk{}",
+        store.size_on_disk,
+        store
+            .max_bytes
+            .map_or_else(String::new, |m| format!(" of {m} allowed"))
+    ));
+    let mut failed: Vec<_> = queue
+        .list(Some(JobStatus::Failed))?
+        .into_iter()
+        .chain(queue.list(Some(JobStatus::Retrying))?)
+        .collect();
+    failed.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    if !failed.is_empty() {
+        text.push("last errors:".to_owned());
+        for j in failed.iter().take(5) {
+            if let Some(e) = &j.last_error {
+                text.push(format!(
+                    "  {} {} ({}): {}",
+                    j.job.id,
+                    j.job.op.name(),
+                    e.code.as_str(),
+                    e.message
+                ));
+            }
+        }
+    }
+    for line in text {
+        writeln!(out, "{line}").map_err(write_err)?;
+    }
+    Ok(())
+}
+
+fn outbox_config(config: &AgentConfig) -> crate::outbox::OutboxConfig {
+    crate::outbox::OutboxConfig {
+        max_bytes: config.outbox.max_bytes,
+        max_telemetry: config.outbox.max_telemetry,
+        ..crate::outbox::OutboxConfig::default()
+    }
+}
+
+fn table(
+    out: &mut dyn Write,
+    header: &[&str],
+    rows: impl Iterator<Item = Vec<String>>,
+) -> Result<(), CliError> {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    writeln!(out, "{}", line(&header)).map_err(write_err)?;
+    for row in &rows {
+        writeln!(out, "{}", line(row)).map_err(write_err)?;
+    }
+    Ok(())
+}

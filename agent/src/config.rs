@@ -1,0 +1,259 @@
+//! The agent's configuration file (TOML) and its defaults.
+//!
+//! Everything has a default, so `tikfleet-agent` runs without a file (data in `./data/agent`).
+//! Unknown keys are refused: a typo in a limit must not silently leave the default in force.
+//!
+//! ```toml
+//! data_dir = "/var/lib/tikfleet-agent"
+//! tenant_id = "0190f5d2-…"          # set by enrollment; routers added on site belong to it
+//!
+//! [store]
+//! max_bytes = 1073741824             # refuse new jobs (storage_full) above this
+//!
+//! [outbox]
+//! max_bytes = 536870912              # telemetry is dropped oldest-first above this
+//! max_telemetry = 100000
+//!
+//! [limits]
+//! router_commands_per_second = 50
+//! router_burst = 100
+//! tenant_commands_per_second = 200
+//! tenant_burst = 400
+//! router_concurrency = 4
+//!
+//! [driver]
+//! connect_timeout_ms = 10000
+//! command_timeout_ms = 30000
+//!
+//! [retry]
+//! max_attempts = 3
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tikfleet_shared::TenantId;
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("the configuration file {path} is not valid: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the store, the vault key and logs live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The tenant this agent belongs to (set by enrollment).
+    #[serde(default)]
+    pub tenant_id: Option<TenantId>,
+    /// The durable store.
+    #[serde(default)]
+    pub store: StoreSection,
+    /// The outbox of records for the controller.
+    #[serde(default)]
+    pub outbox: OutboxSection,
+    /// Protection for routers.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// The RouterOS driver.
+    #[serde(default)]
+    pub driver: DriverSection,
+    /// Job retries.
+    #[serde(default)]
+    pub retry: RetrySection,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// Size cap on disk; new jobs are refused with `storage_full` above it.
+    pub max_bytes: Option<u64>,
+}
+
+/// `[outbox]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSection {
+    /// Above this many bytes, telemetry is dropped oldest first.
+    pub max_bytes: u64,
+    /// At most this many telemetry records are kept.
+    pub max_telemetry: u64,
+}
+
+impl Default for OutboxSection {
+    fn default() -> Self {
+        let d = crate::outbox::OutboxConfig::default();
+        Self {
+            max_bytes: d.max_bytes,
+            max_telemetry: d.max_telemetry,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Sustained commands per second to one router.
+    pub router_commands_per_second: u32,
+    /// Commands one router may take at once after a quiet spell.
+    pub router_burst: u32,
+    /// Sustained commands per second to all of the tenant's routers.
+    pub tenant_commands_per_second: u32,
+    /// The tenant's burst.
+    pub tenant_burst: u32,
+    /// Jobs running at once against one router.
+    pub router_concurrency: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            router_commands_per_second: 50,
+            router_burst: 100,
+            tenant_commands_per_second: 200,
+            tenant_burst: 400,
+            router_concurrency: 4,
+        }
+    }
+}
+
+/// `[driver]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriverSection {
+    /// How long connecting and logging in may take.
+    pub connect_timeout_ms: u64,
+    /// How long one command may take.
+    pub command_timeout_ms: u64,
+}
+
+impl Default for DriverSection {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 10_000,
+            command_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl DriverSection {
+    /// As the RouterOS driver takes it.
+    #[must_use]
+    pub fn driver_config(&self) -> crate::routeros::DriverConfig {
+        crate::routeros::DriverConfig {
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            command_timeout: Duration::from_millis(self.command_timeout_ms),
+            ..crate::routeros::DriverConfig::default()
+        }
+    }
+}
+
+/// `[retry]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySection {
+    /// Attempts before a job is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        Self { max_attempts: 3 }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data/agent")
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            tenant_id: None,
+            store: StoreSection::default(),
+            outbox: OutboxSection::default(),
+            limits: LimitsSection::default(),
+            driver: DriverSection::default(),
+            retry: RetrySection::default(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|reason| ConfigError::Invalid {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Parses configuration text; the error says what is wrong and where.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_all_defaults() {
+        let c = AgentConfig::parse("").expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("data/agent"));
+        assert_eq!(c.limits.router_concurrency, 4);
+        assert_eq!(c.retry.max_attempts, 3);
+        assert!(c.tenant_id.is_none());
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = AgentConfig::parse(
+            "data_dir = \"/srv/agent\"\ntenant_id = \"0190f5d2-7a4b-7cc1-8d1e-1234567890ab\"\n\
+             [limits]\nrouter_burst = 7\n[store]\nmax_bytes = 1000\n",
+        )
+        .expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/agent"));
+        assert_eq!(c.limits.router_burst, 7);
+        assert_eq!(c.limits.router_commands_per_second, 50);
+        assert_eq!(c.store.max_bytes, Some(1000));
+        assert!(c.tenant_id.is_some());
+    }
+
+    #[test]
+    fn a_typo_is_refused_with_where_it_is() {
+        let err = AgentConfig::parse("[limits]\nrouter_brust = 7\n").expect_err("typo");
+        assert!(err.contains("router_brust"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = AgentConfig::parse("tenant_id = \"nope\"").expect_err("bad id");
+        assert!(err.contains("tenant_id"), "{err}");
+    }
+}
