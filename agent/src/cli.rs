@@ -520,7 +520,7 @@ async fn queue_command(
     match cmd {
         QueueCommand::List { status } => {
             let mut jobs = queue.list(status.map(JobStatus::from))?;
-            jobs.sort_by(|a, b| b.seq.cmp(&a.seq));
+            jobs.sort_by_key(|j| std::cmp::Reverse(j.seq));
             if jobs.is_empty() {
                 writeln!(out, "no jobs").map_err(write_err)?;
             } else {
@@ -660,7 +660,7 @@ async fn status(local: &Local, out: &mut dyn Write) -> Result<(), CliError> {
         .into_iter()
         .chain(queue.list(Some(JobStatus::Retrying))?)
         .collect();
-    failed.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    failed.sort_by_key(|j| std::cmp::Reverse(j.updated_at));
     if !failed.is_empty() {
         text.push("last errors:".to_owned());
         for j in failed.iter().take(5) {
