@@ -15,15 +15,21 @@
 //! - [`ratelimit`]: token buckets per router and tenant, per-router concurrency limits.
 //! - [`routeros`]: the RouterOS API driver: pooled, pipelined, classified, observed.
 //! - [`ops`]: idempotent router operations ("make it so" by name) for the router-level jobs.
+//! - [`audit`]: the command observer that writes audit records to the outbox, and the one
+//!   ordered, lossless pipe the executor's records share with them.
+//! - [`executor`]: runs queued jobs on routers: priorities, concurrency and rate limits,
+//!   retries with backoff, dead letters and self-healing, job updates.
 //! - [`ssh`]: the SSH driver (libssh2 in blocking tasks): `/export`, console commands, SFTP
 //!   file transfer, host keys pinned on first use.
 //!
 //! The vault, durable store, queue, outbox, drivers, executor and command line are being
 //! built (issue 4). The crate depends on no tikfleet crate but `tikfleet-shared`.
 
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod executor;
 pub mod ops;
 pub mod outbox;
 pub mod queue;

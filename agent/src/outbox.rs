@@ -176,6 +176,9 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 #[derive(Debug)]
 struct State {
     next_seq: u64,
+    /// Every seq up to this one is committed to disk; only those are read back, so a seq the
+    /// controller has seen can never be reused for another record after a crash.
+    durable_upto: u64,
     acked: u64,
     records: u64,
     bytes: u64,
@@ -214,6 +217,7 @@ impl Outbox {
         };
         let mut state = State {
             next_seq: counter(NEXT_SEQ)?.max(1),
+            durable_upto: 0,
             acked: counter(ACKED)?,
             records: 0,
             bytes: 0,
@@ -238,6 +242,8 @@ impl Outbox {
             state.next_seq = state.next_seq.max(seq + 1);
         }
         state.next_seq = state.next_seq.max(state.acked + 1);
+        // What a fresh open finds on disk is, by definition, durable.
+        state.durable_upto = state.next_seq - 1;
         Ok(Self {
             store: store.clone(),
             tree,
@@ -338,12 +344,18 @@ impl Outbox {
             seq
         };
         self.store.commit().await?;
+        {
+            // The flush that made `seq` durable started after every smaller seq was written
+            // (seqs are assigned and written under the lock), so all of them are durable too.
+            let mut state = self.lock();
+            state.durable_upto = state.durable_upto.max(seq);
+        }
         self.pushed.notify_waiters();
         Ok(seq)
     }
 
-    /// Up to `limit` records with sequence numbers above `after` (and above the last ack), in
-    /// order and contiguous: a record that cannot be decoded comes as a
+    /// Up to `limit` committed records with sequence numbers above `after` (and above the last
+    /// ack), in order and contiguous: a record that cannot be decoded comes as a
     /// [`DropReason::Corrupt`] tombstone (logged and counted once), a seq with nothing stored
     /// as a [`DropReason::Missing`] one.
     pub fn read_after(
@@ -352,8 +364,9 @@ impl Outbox {
         limit: usize,
     ) -> Result<Vec<(u64, OutboxRecord)>, OutboxError> {
         // Under the lock, every seq up to `last` is on the tree and none is being trimmed.
+        // Only committed records are read: a pushed record is not sent until it is durable.
         let mut state = self.lock();
-        let last = state.next_seq - 1;
+        let last = state.durable_upto;
         let mut expected = after.max(state.acked).saturating_add(1);
         let mut out = Vec::new();
         if expected > last || limit == 0 {
@@ -404,7 +417,8 @@ impl Outbox {
     /// are sent again and the controller ignores the duplicates.
     pub fn ack(&self, upto: u64) -> Result<u64, OutboxError> {
         let mut state = self.lock();
-        let last = state.next_seq - 1;
+        // Nothing beyond the committed records was ever sent, so nothing beyond can be acked.
+        let last = state.durable_upto;
         if upto > last {
             return Err(OutboxError::AckBeyondEnd { upto, last });
         }

@@ -38,7 +38,7 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use tikfleet_shared::job::{Job, JobStatus, Priority, Progress};
-use tikfleet_shared::{ErrorCode, ErrorInfo, JobId, UnixMillis};
+use tikfleet_shared::{ErrorCode, ErrorInfo, JobId, RouterId, UnixMillis};
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
@@ -311,7 +311,16 @@ pub trait JobStore: Send {
     /// Stores a new job, or returns the existing one with the same idempotency key or id.
     fn enqueue(&mut self, job: Job, now: UnixMillis) -> Result<Enqueued, QueueError>;
     /// Starts the most urgent ready job (after queueing heal-due dead letters again).
-    fn take_ready(&mut self, now: UnixMillis) -> Result<Option<JobRecord>, QueueError>;
+    fn take_ready(&mut self, now: UnixMillis) -> Result<Option<JobRecord>, QueueError> {
+        self.take_ready_for(now, &mut |_| true)
+    }
+    /// Like [`JobStore::take_ready`], among the jobs whose router `eligible` accepts (the
+    /// executor skips routers that are at their concurrency limit).
+    fn take_ready_for(
+        &mut self,
+        now: UnixMillis,
+        eligible: &mut dyn FnMut(RouterId) -> bool,
+    ) -> Result<Option<JobRecord>, QueueError>;
     /// Applies a transition to one job.
     fn transition(
         &mut self,
@@ -327,6 +336,9 @@ pub trait JobStore: Send {
     fn list(&self, status: Option<JobStatus>) -> Result<Vec<JobRecord>, QueueError>;
     /// The earliest moment a job becomes ready (due time or heal time), if any waits.
     fn next_due(&self) -> Option<UnixMillis>;
+    /// The earliest due or heal time strictly after `after`, if any (the executor sleeps
+    /// until then while the jobs already due wait for busy routers).
+    fn next_due_after(&self, after: UnixMillis) -> Option<UnixMillis>;
     /// Jobs per status.
     fn counts(&self) -> QueueCounts;
     /// The store to commit, if this storage is durable.
@@ -382,7 +394,11 @@ impl JobStore for MemJobStore {
         })
     }
 
-    fn take_ready(&mut self, now: UnixMillis) -> Result<Option<JobRecord>, QueueError> {
+    fn take_ready_for(
+        &mut self,
+        now: UnixMillis,
+        eligible: &mut dyn FnMut(RouterId) -> bool,
+    ) -> Result<Option<JobRecord>, QueueError> {
         for r in &mut self.jobs {
             if r.status == JobStatus::Failed && r.next_heal_at.is_some_and(|h| h <= now) {
                 r.apply(Transition::Heal, now)?;
@@ -391,7 +407,7 @@ impl JobStore for MemJobStore {
         let best = self
             .jobs
             .iter_mut()
-            .filter(|r| r.is_waiting() && r.due_at <= now)
+            .filter(|r| r.is_waiting() && r.due_at <= now && eligible(r.job.router_id))
             .min_by_key(|r| (r.job.priority, r.due_at, r.seq));
         match best {
             Some(r) => {
@@ -445,6 +461,18 @@ impl JobStore for MemJobStore {
                 JobStatus::Failed => r.next_heal_at,
                 _ => None,
             })
+            .min()
+    }
+
+    fn next_due_after(&self, after: UnixMillis) -> Option<UnixMillis> {
+        self.jobs
+            .iter()
+            .filter_map(|r| match r.status {
+                JobStatus::Queued | JobStatus::Retrying => Some(r.due_at),
+                JobStatus::Failed => r.next_heal_at,
+                _ => None,
+            })
+            .filter(|&at| at > after)
             .min()
     }
 
@@ -540,6 +568,7 @@ fn idem_key(key: &str) -> Vec<u8> {
 struct Entry {
     status: JobStatus,
     priority: Priority,
+    router: RouterId,
     due_at: UnixMillis,
     next_heal_at: Option<UnixMillis>,
     seq: u64,
@@ -550,6 +579,7 @@ impl Entry {
         Self {
             status: r.status,
             priority: r.job.priority,
+            router: r.job.router_id,
             due_at: r.due_at,
             next_heal_at: r.next_heal_at,
             seq: r.seq,
@@ -737,7 +767,11 @@ impl JobStore for SledJobStore {
         })
     }
 
-    fn take_ready(&mut self, now: UnixMillis) -> Result<Option<JobRecord>, QueueError> {
+    fn take_ready_for(
+        &mut self,
+        now: UnixMillis,
+        eligible: &mut dyn FnMut(RouterId) -> bool,
+    ) -> Result<Option<JobRecord>, QueueError> {
         while let Some(&(heal_at, _, id)) = self.healing.first() {
             if heal_at > now {
                 break;
@@ -745,12 +779,15 @@ impl JobStore for SledJobStore {
             self.transition(id, Transition::Heal, now)?;
         }
         let mut pick = None;
-        for slot in &self.ready {
-            if let Some(&(due, _, id)) = slot.first()
-                && due <= now
-            {
-                pick = Some(id);
-                break;
+        'slots: for slot in &self.ready {
+            for &(due, _, id) in slot {
+                if due > now {
+                    break;
+                }
+                if self.entries.get(&id).is_some_and(|e| eligible(e.router)) {
+                    pick = Some(id);
+                    break 'slots;
+                }
             }
         }
         match pick {
@@ -827,6 +864,19 @@ impl JobStore for SledJobStore {
             .min()
     }
 
+    fn next_due_after(&self, after: UnixMillis) -> Option<UnixMillis> {
+        let from = (
+            UnixMillis::new(after.as_millis().saturating_add(1)),
+            0,
+            JobId::from_bytes([0; 16]),
+        );
+        self.ready
+            .iter()
+            .chain(std::iter::once(&self.healing))
+            .filter_map(|s| s.range(from..).next().map(|&(at, _, _)| at))
+            .min()
+    }
+
     fn counts(&self) -> QueueCounts {
         self.counts
     }
@@ -899,6 +949,16 @@ impl<S: JobStore> Queue<S> {
     /// Starts the most urgent ready job, if any (its status becomes running).
     pub fn take_ready(&self, now: UnixMillis) -> Result<Option<JobRecord>, QueueError> {
         self.lock().take_ready(now)
+    }
+
+    /// Starts the most urgent ready job whose router `eligible` accepts, if any. Jobs for
+    /// other routers keep their place.
+    pub fn take_ready_for(
+        &self,
+        now: UnixMillis,
+        mut eligible: impl FnMut(RouterId) -> bool,
+    ) -> Result<Option<JobRecord>, QueueError> {
+        self.lock().take_ready_for(now, &mut eligible)
     }
 
     /// Records progress of a running job (not committed: progress is advisory).
@@ -1007,6 +1067,11 @@ impl<S: JobStore> Queue<S> {
     /// When the next job becomes ready, if any waits.
     pub fn next_due(&self) -> Option<UnixMillis> {
         self.lock().next_due()
+    }
+
+    /// The earliest due or heal time strictly after `after`, if any.
+    pub fn next_due_after(&self, after: UnixMillis) -> Option<UnixMillis> {
+        self.lock().next_due_after(after)
     }
 
     /// Jobs per status.

@@ -86,11 +86,18 @@ impl TokenBucket {
 
     /// Whether a token is available at `now`, or the moment one will be; takes nothing.
     pub fn check(&mut self, now: UnixMillis) -> Result<(), UnixMillis> {
+        self.check_n(1, now)
+    }
+
+    /// Whether `n` tokens are available at `now`, or the moment they will be; takes nothing.
+    /// `n` is clamped to the burst, so a request never waits forever.
+    pub fn check_n(&mut self, n: u32, now: UnixMillis) -> Result<(), UnixMillis> {
         self.refill(now);
-        if self.credit >= self.per_ms {
+        let need = self.cost(n);
+        if self.credit >= need {
             Ok(())
         } else {
-            let missing = self.per_ms - self.credit;
+            let missing = need - self.credit;
             let wait_ms = missing.div_ceil(self.tokens);
             Err(UnixMillis::new(
                 self.at
@@ -102,9 +109,20 @@ impl TokenBucket {
 
     /// Takes a token, or says when one will be available.
     pub fn try_acquire(&mut self, now: UnixMillis) -> Result<(), UnixMillis> {
-        self.check(now)?;
-        self.credit -= self.per_ms;
+        self.try_acquire_n(1, now)
+    }
+
+    /// Takes `n` tokens (clamped to the burst), or says when they will be available.
+    pub fn try_acquire_n(&mut self, n: u32, now: UnixMillis) -> Result<(), UnixMillis> {
+        self.check_n(n, now)?;
+        self.credit -= self.cost(n);
         Ok(())
+    }
+
+    /// Credit units of `n` tokens, at most a full bucket.
+    fn cost(&self, n: u32) -> u64 {
+        let full = self.cap - (self.cap % self.per_ms);
+        u64::from(n.max(1)).saturating_mul(self.per_ms).min(full)
     }
 }
 
@@ -141,6 +159,18 @@ impl RateLimiter {
         tenant: TenantId,
         now: UnixMillis,
     ) -> Result<(), UnixMillis> {
+        self.try_acquire_n(router, tenant, 1, now)
+    }
+
+    /// Takes `n` tokens (each bucket clamps `n` to its burst) from both the router's and the
+    /// tenant's bucket, or nothing and says when to try again.
+    pub fn try_acquire_n(
+        &self,
+        router: RouterId,
+        tenant: TenantId,
+        n: u32,
+        now: UnixMillis,
+    ) -> Result<(), UnixMillis> {
         let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let Buckets { routers, tenants } = &mut *b;
         let r = routers
@@ -149,10 +179,10 @@ impl RateLimiter {
         let t = tenants
             .entry(tenant)
             .or_insert_with(|| TokenBucket::new(self.tenant_rate, now));
-        match (r.check(now), t.check(now)) {
+        match (r.check_n(n, now), t.check_n(n, now)) {
             (Ok(()), Ok(())) => {
-                r.try_acquire(now)?;
-                t.try_acquire(now)
+                r.try_acquire_n(n, now)?;
+                t.try_acquire_n(n, now)
             }
             (Err(a), Err(b)) => Err(a.max(b)),
             (Err(a), Ok(())) | (Ok(()), Err(a)) => Err(a),
@@ -161,8 +191,14 @@ impl RateLimiter {
 
     /// Waits on `clock` until both buckets have a token, then takes them.
     pub async fn acquire(&self, router: RouterId, tenant: TenantId, clock: &dyn Clock) {
+        self.acquire_n(router, tenant, 1, clock).await;
+    }
+
+    /// Waits on `clock` until both buckets have `n` tokens (clamped to each burst), then
+    /// takes them.
+    pub async fn acquire_n(&self, router: RouterId, tenant: TenantId, n: u32, clock: &dyn Clock) {
         loop {
-            match self.try_acquire(router, tenant, clock.now()) {
+            match self.try_acquire_n(router, tenant, n, clock.now()) {
                 Ok(()) => return,
                 Err(at) => clock.sleep_until(at).await,
             }
@@ -202,6 +238,12 @@ impl ConcurrencyLimits {
             // The semaphores are never closed.
             Err(_) => unreachable!("router semaphores are never closed"),
         }
+    }
+
+    /// Slots free on `router` now.
+    #[must_use]
+    pub fn available(&self, router: RouterId) -> usize {
+        self.semaphore(router).available_permits()
     }
 
     /// A slot on `router` if one is free now.
@@ -311,7 +353,23 @@ mod tests {
         let _p2 = limits.acquire(a).await;
         assert!(limits.try_acquire(a).is_none());
         assert!(limits.try_acquire(b).is_some());
+        assert_eq!(limits.available(a), 0);
+        assert_eq!(limits.available(b), 2);
         drop(p1);
+        assert_eq!(limits.available(a), 1);
         assert!(limits.try_acquire(a).is_some());
+    }
+
+    #[test]
+    fn several_tokens_at_once_clamped_to_the_burst() {
+        // 10 per second, burst 4.
+        let mut bucket = TokenBucket::new(Rate::per_second(10, 4), T0);
+        assert_eq!(bucket.try_acquire_n(3, T0), Ok(()));
+        assert_eq!(bucket.try_acquire_n(3, T0), Err(ms(200)));
+        assert_eq!(bucket.try_acquire_n(3, ms(200)), Ok(()));
+        // More than the burst costs a full bucket, never more.
+        assert_eq!(bucket.try_acquire_n(9, ms(200)), Err(ms(600)));
+        assert_eq!(bucket.try_acquire_n(9, ms(600)), Ok(()));
+        assert_eq!(bucket.try_acquire(ms(600)), Err(ms(700)));
     }
 }

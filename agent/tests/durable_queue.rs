@@ -507,3 +507,51 @@ fn the_model_is_usable_as_a_queue_for_executor_tests() {
         JobStatus::Running
     );
 }
+
+#[tokio::test]
+async fn take_ready_for_skips_busy_routers_and_next_due_after_looks_past_now() {
+    // The executor's view: jobs for a busy router keep their place; the model agrees.
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, sled) = open(dir.path(), T0);
+    let model = Queue::in_memory();
+    let (busy, free) = (RouterId::from_bytes([2; 16]), RouterId::from_bytes([3; 16]));
+    let crit_busy = job("cb", Priority::Critical);
+    let bulk_free = Job {
+        router_id: free,
+        ..job("bf", Priority::Bulk)
+    };
+    let late = Job {
+        router_id: free,
+        ..job("late", Priority::Normal)
+    };
+    for (j, when) in [(&crit_busy, T0), (&bulk_free, T0), (&late, at(300))] {
+        sled.enqueue(j.clone(), when).await.unwrap();
+        model.enqueue(j.clone(), when).await.unwrap();
+    }
+    // `late` is due at 300 (its enqueue time).
+    let check = |take: Option<JobRecord>, next: Option<UnixMillis>| {
+        assert_eq!(take.map(|r| r.job.id), Some(bulk_free.id));
+        assert_eq!(next, Some(at(300)));
+    };
+    check(
+        sled.take_ready_for(at(10), |r| r != busy).unwrap(),
+        sled.next_due_after(at(10)),
+    );
+    check(
+        model.take_ready_for(at(10), |r| r != busy).unwrap(),
+        model.next_due_after(at(10)),
+    );
+    // Nothing else for the free router yet; the busy router's job is still first in line.
+    assert_eq!(sled.take_ready_for(at(10), |r| r != busy).unwrap(), None);
+    assert_eq!(model.take_ready_for(at(10), |r| r != busy).unwrap(), None);
+    assert_eq!(sled.next_due_after(at(300)), None);
+    assert_eq!(model.next_due_after(at(300)), None);
+    assert_eq!(
+        sled.take_ready(at(10)).unwrap().unwrap().job.id,
+        crit_busy.id
+    );
+    assert_eq!(
+        model.take_ready(at(10)).unwrap().unwrap().job.id,
+        crit_busy.id
+    );
+}

@@ -1,0 +1,576 @@
+//! The executor: runs jobs from the durable [`Queue`] against routers and records results.
+//!
+//! [`Executor::run`] is one loop over a closed [`Event`] set (a job may be ready, a due time
+//! came, a job finished, shutdown) through one `select!`. Each pass takes ready jobs in
+//! priority order (critical, normal, bulk; the queue orders them) but only for routers with
+//! a free slot under the per-router [`ConcurrencyLimits`]: a job for a busy router stays in
+//! the queue, in its place, so a critical job enqueued later still overtakes bulk jobs of
+//! that router, and jobs for other routers are not held up. Each taken job runs on its own
+//! task: it waits for tokens in the router's and the tenant's buckets ([`RateLimiter`], on
+//! the injected clock), gets the router's client (one per router, created lazily from
+//! [`Routers`], dropped on connection and login errors so the next attempt reconnects),
+//! runs [`ops::execute`], and records the result.
+//!
+//! # Retries, dead letters and self-healing
+//!
+//! By the class of the [`ErrorCode`] ([`RetryPolicy`] holds the numbers):
+//!
+//! - *transient* (refused, timeout, reset, `!fatal`, …): retried after a backoff with full
+//!   jitter, `uniform(0, min(cap, base × 2^(attempt-1)))` from a seeded RNG, until the job's
+//!   `max_attempts` (the policy's default when the job says 0). Then it is dead-lettered with
+//!   a `next_heal_at` on a slower schedule (`heal_base × 2^n`, capped at `heal_cap`; `n`
+//!   counts this job's dead letters since the agent started) and the queue makes it ready
+//!   again then, with fresh attempts;
+//! - *permanent* (`!trap` with a bad value, conflict, unknown command, …): dead-lettered at
+//!   once with the router's message, and no self-healing: the same request would fail the
+//!   same way, so it waits for staff to change something and re-queue it;
+//! - *authentication*: the same, plus a warning with the router id (an alert for the
+//!   controller: the JobUpdate carries `authentication_failed`); never retried by itself,
+//!   because repeated wrong logins can lock the account.
+//!
+//! # Outbox records
+//!
+//! Each attempt produces a `running` [`JobUpdate`] (progress 0/1), audit records for each
+//! router command (through [`audit`](crate::audit)), then one `succeeded` (progress 1/1,
+//! detail), `retrying` or `failed` update with the error. Every one goes through the
+//! [`AuditLog`] FIFO, so a job's final update follows its audit records and is durable, with
+//! them, before the queue records the job's new status. If the agent dies between the
+//! update and the queue change, the job runs again after the restart and reports again
+//! (at least once; operations are idempotent).
+//!
+//! # Rate limits
+//!
+//! RouterOS commands are counted by budget: before a job runs it takes
+//! [`command_budget`] tokens, the most commands its operation can send, and a new
+//! connection takes [`CONNECT_COMMANDS`] (login and version read). So the commands a router
+//! sees never exceed its bucket's burst plus rate × time, as long as budgets do not exceed
+//! the burst (a larger budget is clamped to the burst). Extra pooled connections opened for
+//! concurrent jobs on one router are not charged (set `pool_size` to the concurrency).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tikfleet_shared::job::{JobOp, JobStatus, JobUpdate, Progress};
+use tikfleet_shared::record::OutboxRecord;
+use tikfleet_shared::{ErrorClass, ErrorCode, ErrorInfo, JobId, RouterId, TenantId, UnixMillis};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::{JoinError, JoinSet};
+
+use crate::audit::{self, AuditLog};
+use crate::clock::SharedClock;
+use crate::ops::{self, OpOutcome};
+use crate::outbox::Outbox;
+use crate::queue::{JobRecord, JobStore, Queue, SledJobStore};
+use crate::ratelimit::{ConcurrencyLimits, Rate, RateLimiter};
+use crate::registry::Registry;
+use crate::router::RouterEndpoint;
+use crate::routeros::{DriverConfig, DriverError, RouterOsClient};
+
+/// Where the executor finds a router's endpoint and credentials.
+pub trait Routers: Send + Sync + 'static {
+    /// The router, with its password, for a driver.
+    ///
+    /// # Errors
+    ///
+    /// A classified error (`not_found` for an unknown router is permanent).
+    fn endpoint(&self, id: RouterId) -> Result<RouterEndpoint, DriverError>;
+}
+
+impl Routers for Registry {
+    fn endpoint(&self, id: RouterId) -> Result<RouterEndpoint, DriverError> {
+        self.get(id)
+            .map_err(|e| DriverError::new(e.code(), e.to_string()))
+    }
+}
+
+/// A fixed set of routers (tests, tools).
+impl Routers for HashMap<RouterId, RouterEndpoint> {
+    fn endpoint(&self, id: RouterId) -> Result<RouterEndpoint, DriverError> {
+        self.get(&id).cloned().ok_or_else(|| {
+            DriverError::new(
+                ErrorCode::NotFound,
+                format!("router {id} is not registered"),
+            )
+        })
+    }
+}
+
+/// Backoff and self-healing schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Backoff ceiling of the first retry.
+    pub base: Duration,
+    /// Largest backoff ceiling.
+    pub cap: Duration,
+    /// Attempts for jobs that do not say (`max_attempts: 0`).
+    pub max_attempts: u32,
+    /// Delay before the first self-healing run of a dead-lettered job.
+    pub heal_base: Duration,
+    /// Largest self-healing delay.
+    pub heal_cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+            max_attempts: 3,
+            heal_base: Duration::from_secs(10 * 60),
+            heal_cap: Duration::from_secs(6 * 60 * 60),
+        }
+    }
+}
+
+fn doubled(base: Duration, times: u32, cap: Duration) -> Duration {
+    let factor = 2u32.checked_pow(times).unwrap_or(u32::MAX);
+    base.checked_mul(factor).unwrap_or(cap).min(cap)
+}
+
+impl RetryPolicy {
+    /// The largest backoff after failed attempt `attempt` (1-based):
+    /// `min(cap, base × 2^(attempt-1))`.
+    #[must_use]
+    pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
+        doubled(self.base, attempt.saturating_sub(1), self.cap)
+    }
+
+    /// The backoff after failed attempt `attempt`, with full jitter: uniform in
+    /// `0..=backoff_ceiling(attempt)`, whole milliseconds.
+    pub fn backoff(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+        let ceiling = u64::try_from(self.backoff_ceiling(attempt).as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rng.random_range(0..=ceiling))
+    }
+
+    /// The delay before self-healing after the job's `heals`-th dead letter (0-based).
+    #[must_use]
+    pub fn heal_delay(&self, heals: u32) -> Duration {
+        doubled(self.heal_base, heals, self.heal_cap)
+    }
+
+    fn attempts_for(&self, job_max: u32) -> u32 {
+        if job_max == 0 {
+            self.max_attempts.max(1)
+        } else {
+            job_max
+        }
+    }
+}
+
+/// Executor settings.
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Driver timeouts and pool size.
+    pub driver: DriverConfig,
+    /// Jobs running at once against one router.
+    pub per_router: usize,
+    /// Each router's command bucket.
+    pub router_rate: Rate,
+    /// Each tenant's command bucket (all its routers together).
+    pub tenant_rate: Rate,
+    /// Backoff and self-healing.
+    pub retry: RetryPolicy,
+    /// Seed of the jitter RNG (fixed in tests, random in production).
+    pub seed: u64,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            driver: DriverConfig::default(),
+            per_router: 2,
+            router_rate: Rate::per_second(20, 40),
+            tenant_rate: Rate::per_second(100, 200),
+            retry: RetryPolicy::default(),
+            seed: rand::random(),
+        }
+    }
+}
+
+/// Commands a new connection sends: `/login` and the version read.
+pub const CONNECT_COMMANDS: u32 = 2;
+
+/// The most RouterOS commands [`ops::execute`] sends for `op` (its rate-limit cost).
+#[must_use]
+pub const fn command_budget(op: &JobOp) -> u32 {
+    match op {
+        // print, add (+ print, comment before 7.15) or up to three pipelined updates, then
+        // print and remove of active sessions.
+        JobOp::UpsertPppSecret { .. } | JobOp::UpsertHotspotUser { .. } => 6,
+        // print, set, then print and remove of active sessions.
+        JobOp::SetProfile { .. } | JobOp::Enable { .. } | JobOp::Disable { .. } => 4,
+        // print, add or up to three updates.
+        JobOp::UpsertProfile { .. } => 4,
+        JobOp::AddAddressListEntry { .. } => 3,
+        JobOp::DeletePppSecret { .. }
+        | JobOp::DeleteHotspotUser { .. }
+        | JobOp::DeleteProfile { .. }
+        | JobOp::RemoveAddressListEntry { .. }
+        | JobOp::DisconnectSession { .. } => 2,
+        // Refused by ops::execute before any command (handled by other components).
+        JobOp::Reboot {}
+        | JobOp::BackupNow { .. }
+        | JobOp::Restore { .. }
+        | JobOp::RotateCredentials {}
+        | JobOp::DriftCheck {} => 1,
+    }
+}
+
+/// Whether an error means the client's connection should be dropped and made again.
+const fn drops_client(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::ConnectionRefused
+            | ErrorCode::Timeout
+            | ErrorCode::ConnectionReset
+            | ErrorCode::RouterFatal
+            | ErrorCode::AuthenticationFailed
+    )
+}
+
+/// What wakes the run loop.
+#[derive(Debug)]
+enum Event {
+    /// A job was enqueued or rescheduled.
+    Ready,
+    /// The clock reached the next due or heal time.
+    Due,
+    /// A job's task ended.
+    Finished(Result<(), JoinError>),
+    /// Stop taking jobs.
+    Shutdown,
+}
+
+type ClientSlot = Arc<tokio::sync::Mutex<Option<RouterOsClient>>>;
+
+struct Shared<S: JobStore> {
+    queue: Arc<Queue<S>>,
+    audit: Arc<AuditLog>,
+    routers: Arc<dyn Routers>,
+    clock: SharedClock,
+    config: ExecutorConfig,
+    limits: ConcurrencyLimits,
+    rate: RateLimiter,
+    clients: Mutex<HashMap<RouterId, ClientSlot>>,
+    rng: Mutex<StdRng>,
+    heals: Mutex<HashMap<JobId, u32>>,
+}
+
+/// The job executor. See the module documentation.
+pub struct Executor<S: JobStore + 'static = SledJobStore> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: JobStore + 'static> std::fmt::Debug for Executor<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<S: JobStore + 'static> Executor<S> {
+    /// An executor over `queue`, writing to `outbox` (starts the audit writer, so call it
+    /// inside a Tokio runtime).
+    #[must_use]
+    pub fn new(
+        queue: Arc<Queue<S>>,
+        outbox: Arc<Outbox>,
+        routers: Arc<dyn Routers>,
+        clock: SharedClock,
+        config: ExecutorConfig,
+    ) -> Self {
+        let shared = Shared {
+            queue,
+            audit: Arc::new(AuditLog::start(outbox)),
+            routers,
+            clock,
+            limits: ConcurrencyLimits::new(config.per_router),
+            rate: RateLimiter::new(config.router_rate, config.tenant_rate),
+            clients: Mutex::new(HashMap::new()),
+            rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            heals: Mutex::new(HashMap::new()),
+            config,
+        };
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// The audit writer, for other components that send router commands (their records
+    /// then share the executor's order).
+    #[must_use]
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.shared.audit
+    }
+
+    /// Runs jobs until `shutdown` completes, then waits for the running ones to finish and
+    /// for their records to be durable.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        let sh = &self.shared;
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            // Armed before looking at the queue, so an enqueue during the pass is not missed.
+            let notified = sh.queue.ready_signal().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = sh.clock.now();
+            let blocked = self.dispatch(&mut tasks, now);
+            // When due jobs wait for busy routers, a finished job wakes us; otherwise the
+            // next due time does.
+            let wake = if blocked {
+                sh.queue.next_due_after(now)
+            } else {
+                sh.queue.next_due()
+            };
+            let due = async {
+                match wake {
+                    Some(at) => sh.clock.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                biased;
+                () = &mut shutdown => Event::Shutdown,
+                Some(res) = tasks.join_next(), if !tasks.is_empty() => Event::Finished(res),
+                () = &mut notified => Event::Ready,
+                () = due => Event::Due,
+            };
+            match event {
+                Event::Ready | Event::Due => {}
+                Event::Finished(res) => log_join(res),
+                Event::Shutdown => break,
+            }
+        }
+        while let Some(res) = tasks.join_next().await {
+            log_join(res);
+        }
+        lock(&sh.clients).clear();
+        if let Err(e) = sh.audit.flush().await {
+            tracing::error!(error = %e, "flushing the audit log at shutdown");
+        }
+    }
+
+    /// Starts every ready job whose router has a free slot; returns whether due jobs are
+    /// left waiting for busy routers.
+    fn dispatch(&self, tasks: &mut JoinSet<()>, now: UnixMillis) -> bool {
+        let sh = &self.shared;
+        loop {
+            let taken = sh
+                .queue
+                .take_ready_for(now, |router| sh.limits.available(router) > 0);
+            match taken {
+                Ok(Some(record)) => {
+                    let permit = sh.limits.try_acquire(record.job.router_id);
+                    let shared = Arc::clone(sh);
+                    tasks.spawn(async move { shared.run_job(record, permit).await });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot take a job from the queue");
+                    return true;
+                }
+            }
+        }
+        sh.queue.next_due().is_some_and(|due| due <= now)
+    }
+}
+
+fn log_join(res: Result<(), JoinError>) {
+    if let Err(e) = res {
+        // The job stays `running` until the next start queues it again.
+        tracing::error!(error = %e, "a job task failed");
+    }
+}
+
+fn log_queue<T>(job: JobId, what: &str, res: Result<T, crate::queue::QueueError>) {
+    if let Err(e) = res {
+        tracing::error!(job = %job, error = %e, "cannot record that the job {what}");
+    }
+}
+
+impl<S: JobStore + 'static> Shared<S> {
+    async fn run_job(self: Arc<Self>, record: JobRecord, permit: Option<OwnedSemaphorePermit>) {
+        let job = &record.job;
+        let _permit = match permit {
+            Some(p) => p,
+            None => self.limits.acquire(job.router_id).await,
+        };
+        let start = Progress { done: 0, total: 1 };
+        log_queue(
+            job.id,
+            "started",
+            self.queue.set_progress(job.id, start, self.clock.now()),
+        );
+        self.update(&record, JobStatus::Running, Some(start), None, None)
+            .await;
+        let result =
+            audit::with_job(job.id, self.attempt(job.router_id, job.tenant_id, &job.op)).await;
+        self.finish(&record, result).await;
+    }
+
+    async fn attempt(
+        &self,
+        router: RouterId,
+        tenant: TenantId,
+        op: &JobOp,
+    ) -> Result<OpOutcome, DriverError> {
+        let client = self.client(router).await?;
+        if client.endpoint().tenant != tenant {
+            return Err(DriverError::new(
+                ErrorCode::InvalidRequest,
+                format!("router {router} does not belong to the job's tenant"),
+            ));
+        }
+        self.rate
+            .acquire_n(router, tenant, command_budget(op), &*self.clock)
+            .await;
+        let res = ops::execute(&client, op).await;
+        if let Err(e) = &res
+            && drops_client(e.code())
+        {
+            self.forget_client(router);
+        }
+        res
+    }
+
+    /// The router's client, connecting if there is none.
+    async fn client(&self, router: RouterId) -> Result<RouterOsClient, DriverError> {
+        let slot = Arc::clone(lock(&self.clients).entry(router).or_default());
+        let mut slot = slot.lock().await;
+        if let Some(c) = &*slot {
+            return Ok(c.clone());
+        }
+        let endpoint = self.routers.endpoint(router)?;
+        self.rate
+            .acquire_n(router, endpoint.tenant, CONNECT_COMMANDS, &*self.clock)
+            .await;
+        let client = RouterOsClient::connect(
+            endpoint,
+            self.config.driver.clone(),
+            Arc::clone(&self.clock),
+            Arc::new(self.audit.observer()),
+        )
+        .await?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    fn forget_client(&self, router: RouterId) {
+        lock(&self.clients).remove(&router);
+    }
+
+    async fn finish(&self, record: &JobRecord, result: Result<OpOutcome, DriverError>) {
+        let job = &record.job;
+        let id = job.id;
+        let now = self.clock.now();
+        let e = match result {
+            Ok(outcome) => {
+                let done = Progress { done: 1, total: 1 };
+                log_queue(id, "progressed", self.queue.set_progress(id, done, now));
+                let detail = outcome.detail();
+                self.update(
+                    record,
+                    JobStatus::Succeeded,
+                    Some(done),
+                    None,
+                    Some(detail.clone()),
+                )
+                .await;
+                lock(&self.heals).remove(&id);
+                log_queue(
+                    id,
+                    "succeeded",
+                    self.queue.succeed(id, Some(detail), now).await,
+                );
+                return;
+            }
+            Err(e) => e,
+        };
+        if e.code() == ErrorCode::AuthenticationFailed {
+            // No retry: repeated wrong logins can lock the account. Never log the password.
+            self.forget_client(job.router_id);
+        }
+        let info = e.to_info();
+        let policy = &self.config.retry;
+        match e.code().class() {
+            ErrorClass::Transient if record.attempts < policy.attempts_for(job.max_attempts) => {
+                let delay = policy.backoff(record.attempts, &mut *lock(&self.rng));
+                let at = now.saturating_add(delay);
+                tracing::info!(job = %id, router = %job.router_id, attempt = record.attempts, error = %e, retry_in_ms = delay.as_millis(), "job failed; retrying");
+                self.update(record, JobStatus::Retrying, None, Some(info.clone()), None)
+                    .await;
+                log_queue(id, "retries", self.queue.retry(id, at, info, now).await);
+            }
+            ErrorClass::Transient => {
+                let heals = {
+                    let mut heals = lock(&self.heals);
+                    let n = heals.entry(id).or_insert(0);
+                    *n += 1;
+                    *n - 1
+                };
+                let heal_at = now.saturating_add(policy.heal_delay(heals));
+                tracing::warn!(job = %id, router = %job.router_id, attempts = record.attempts, error = %e, heal_at = %heal_at, "job dead-lettered after its attempts; it will be tried again later");
+                self.dead_letter(record, info, Some(heal_at), now).await;
+            }
+            ErrorClass::Authentication => {
+                tracing::warn!(job = %id, router = %job.router_id, error = %e, "authentication failed on the router; fix its credentials and re-queue the job");
+                self.dead_letter(record, info, None, now).await;
+            }
+            ErrorClass::Permanent => {
+                tracing::warn!(job = %id, router = %job.router_id, error = %e, "job failed permanently");
+                self.dead_letter(record, info, None, now).await;
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        record: &JobRecord,
+        info: ErrorInfo,
+        heal_at: Option<UnixMillis>,
+        now: UnixMillis,
+    ) {
+        let id = record.job.id;
+        self.update(record, JobStatus::Failed, None, Some(info.clone()), None)
+            .await;
+        log_queue(
+            id,
+            "failed",
+            self.queue.dead_letter(id, info, heal_at, now).await,
+        );
+    }
+
+    /// Pushes a JobUpdate behind the job's audit records and waits until it is durable.
+    async fn update(
+        &self,
+        record: &JobRecord,
+        status: JobStatus,
+        progress: Option<Progress>,
+        error: Option<ErrorInfo>,
+        detail: Option<String>,
+    ) {
+        let update = JobUpdate {
+            job_id: record.job.id,
+            router_id: record.job.router_id,
+            status,
+            attempts: record.attempts,
+            progress,
+            error,
+            detail,
+            at: self.clock.now(),
+        };
+        if let Err(e) = self.audit.push(OutboxRecord::JobUpdate(update)).await {
+            tracing::error!(job = %record.job.id, error = %e, "cannot write a job update");
+        }
+    }
+}
