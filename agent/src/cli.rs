@@ -1,8 +1,8 @@
-//! The command line a site technician uses: `router add|list|remove|test`,
-//! `queue list|show|retry|purge-dead` and `status`, on the agent's own data folder.
+//! The command line: `run` (the agent itself), and what a site technician uses:
+//! `router add|list|remove|test`, `queue list|show|retry|purge-dead` and `status`.
 //!
-//! These commands open the store directly, so they work with the agent stopped (sled allows
-//! one process per data folder; with the agent running they say so and stop). Passwords come
+//! The technician's commands open the store directly, so they work with the agent stopped
+//! (sled allows one process per data folder; with the agent running they say so and stop). Passwords come
 //! from standard input or a prompt without echo, never from an argument, and are never printed.
 //! Every failure is one line `error: …` with a hint where one helps, and a nonzero exit.
 
@@ -50,6 +50,8 @@ pub enum Command {
     Queue(QueueCommand),
     /// Routers reachable, queue and outbox depth, last errors.
     Status,
+    /// Run the agent: execute queued jobs on the routers until SIGINT or SIGTERM.
+    Run,
 }
 
 /// `router …`.
@@ -294,10 +296,15 @@ impl Local {
     }
 }
 
-/// Runs a local command, writing what a person reads to `out`.
-pub async fn run_local(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
+/// Runs a command, writing what a person reads to `out`. `shutdown` ends `run`.
+pub async fn run_local(
+    cli: &Cli,
+    out: &mut dyn Write,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), CliError> {
     let local = Local::open(cli)?;
     let result = match &cli.command {
+        Command::Run => return run_agent(local, out, shutdown).await,
         Command::Router(cmd) => router_command(&local, cmd, out).await,
         Command::Queue(cmd) => queue_command(&local, cmd, out).await,
         Command::Status => status(&local, out).await,
@@ -305,6 +312,59 @@ pub async fn run_local(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
     // Whatever happened, what was written is made durable before the process ends.
     local.store.commit().await?;
     result
+}
+
+/// `run`: the executor over this data folder's queue, registry and outbox.
+async fn run_agent(
+    local: Local,
+    out: &mut dyn Write,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), CliError> {
+    use crate::executor::{Executor, ExecutorConfig, RetryPolicy};
+    use crate::ratelimit::Rate;
+
+    let queue = Arc::new(local.queue()?);
+    let outbox = Arc::new(crate::outbox::Outbox::open(
+        &local.store,
+        outbox_config(&local.config),
+    )?);
+    let limits = &local.config.limits;
+    let per_router = limits.router_concurrency.max(1);
+    let mut driver = local.config.driver.driver_config();
+    // One pooled connection per job that may run at once, so no connection goes uncharged.
+    driver.pool_size = per_router;
+    let config = ExecutorConfig {
+        driver,
+        per_router,
+        router_rate: Rate::per_second(limits.router_commands_per_second, limits.router_burst),
+        tenant_rate: Rate::per_second(limits.tenant_commands_per_second, limits.tenant_burst),
+        retry: RetryPolicy {
+            max_attempts: local.config.retry.max_attempts,
+            ..RetryPolicy::default()
+        },
+        seed: rand::random(),
+    };
+    let routers = local.registry.list()?.len();
+    let counts = queue.counts();
+    let executor = Executor::new(
+        queue,
+        outbox,
+        Arc::new(local.registry),
+        local.clock.clone(),
+        config,
+    );
+    writeln!(
+        out,
+        "tikfleet-agent running: data {}, {routers} router(s), {} job(s) waiting",
+        local.config.data_dir.display(),
+        counts.queued + counts.retrying + counts.running,
+    )
+    .map_err(write_err)?;
+    out.flush().map_err(write_err)?;
+    executor.run(shutdown).await;
+    local.store.commit().await?;
+    writeln!(out, "tikfleet-agent stopped").map_err(write_err)?;
+    Ok(())
 }
 
 fn write_err(e: std::io::Error) -> CliError {
