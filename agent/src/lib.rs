@@ -19,6 +19,7 @@
 //!   ordered, lossless pipe the executor's records share with them.
 //! - [`executor`]: runs queued jobs on routers: priorities, concurrency and rate limits,
 //!   retries with backoff, dead letters and self-healing, job updates.
+//! - [`hostkeys`]: SSH host keys pinned on first use, kept in the store.
 //! - [`ssh`]: the SSH driver (libssh2 in blocking tasks): `/export`, console commands, SFTP
 //!   file transfer, host keys pinned on first use.
 //!
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod executor;
+pub mod hostkeys;
 pub mod ops;
 pub mod outbox;
 pub mod queue;
