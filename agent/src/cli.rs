@@ -411,6 +411,7 @@ async fn router_command(
             for line in report {
                 writeln!(out, "{line}").map_err(write_err)?;
             }
+            writeln!(out, "{}", probe_ssh(local, &info).await?).map_err(write_err)?;
         }
     }
     Ok(())
@@ -568,6 +569,34 @@ async fn probe(local: &Local, info: &RouterInfo) -> Result<Vec<String>, CliError
         (None, _, _) => "  updates:   up to date".to_owned(),
     });
     Ok(lines)
+}
+
+/// Logs in over SSH (pinning the host key on first use) and describes the result; an SSH
+/// failure is reported, not fatal: the API is what the agent needs most.
+async fn probe_ssh(local: &Local, info: &RouterInfo) -> Result<String, CliError> {
+    let pins = Arc::new(crate::hostkeys::SledHostKeys::open(&local.store)?);
+    let driver = crate::ssh::SshDriver::new(
+        local.registry.get(info.id)?,
+        crate::ssh::SshConfig::default(),
+        pins.clone(),
+    );
+    Ok(match driver.run("/system identity print").await {
+        Ok(_) => {
+            let pin = crate::ssh::HostKeyStore::get(pins.as_ref(), info.id)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            format!(
+                "  ssh:       ok (port {}), host key {pin} pinned",
+                info.ssh_port
+            )
+        }
+        Err(e) => format!(
+            "  ssh:       {} [{}]",
+            e.message().lines().next().unwrap_or_default(),
+            e.code().as_str()
+        ),
+    })
 }
 
 async fn queue_command(

@@ -72,12 +72,12 @@ async fn a_technician_adds_tests_and_removes_routers() {
     tokio::time::timeout(LIMIT * 4, async {
         let password = "Sim-Pa55-for-cli";
         let mut config = tikfleet_sim::Config::local();
-        config.ssh = None;
         config.password = password.to_owned();
         let sim = tikfleet_sim::start(config).await.expect("simulator");
         let tls = sim.routers[0].api_ssl.expect("api-ssl");
         let pin = sim.cert.sha256.clone();
         let port = tls.port().to_string();
+        let ssh_port = sim.routers[0].ssh.expect("ssh").port().to_string();
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
 
@@ -98,6 +98,8 @@ async fn a_technician_adds_tests_and_removes_routers() {
             &pin,
             "--tenant",
             TENANT,
+            "--ssh-port",
+            &ssh_port,
         ];
         let mut add = vec!["router", "add", "--name", "edge"];
         add.extend(common);
@@ -146,6 +148,14 @@ async fn a_technician_adds_tests_and_removes_routers() {
         assert!(test.stdout.contains("edge: reachable"), "{}", test.stdout);
         assert!(test.stdout.contains("7.16.2 (stable)"), "{}", test.stdout);
         assert!(test.stdout.contains("identity:  sim-1"), "{}", test.stdout);
+        assert!(test.stdout.contains("ssh:       ok"), "{}", test.stdout);
+        assert!(test.stdout.contains("host key SHA256:"), "{}", test.stdout);
+        let again = agent(d, &["router", "test", "edge"], "").await;
+        assert!(
+            again.stdout.contains("ssh:       ok"),
+            "the pinned key is accepted again: {}",
+            again.stdout
+        );
 
         let refused = agent(d, &["router", "test", "edge-bad"], "").await;
         assert_eq!(refused.code, 1);
