@@ -1,7 +1,8 @@
 //! [`Secret`]: a password or key that must not leak through logs.
 //!
 //! `Debug` and `Display` print `<redacted>`; the only way to read the value is
-//! [`Secret::expose`], which makes every read easy to find in review.
+//! [`Secret::expose`], which makes every read easy to find in review. Its memory is zeroized
+//! when it is dropped.
 //!
 //! On the wire a secret serializes as its plain string. That is deliberate: the protocol runs
 //! inside TLS and the agent needs the PPP / hotspot password to configure the router. It also
@@ -44,6 +45,13 @@ impl Secret {
 impl From<String> for Secret {
     fn from(value: String) -> Self {
         Self(value)
+    }
+}
+
+/// The value is wiped from memory when the secret is dropped (clones wipe their own copy).
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
