@@ -5,8 +5,9 @@
 //! the command; the outbox is async (it waits for the group commit). [`AuditLog`] bridges
 //! the two: [`AuditObserver::observe`] turns the event into a record and puts it on an
 //! unbounded in-memory FIFO (it never blocks and never drops), and one writer task drains
-//! the FIFO into the [`Outbox`] in order. (Each record is its own `push` and commit today;
-//! batching many records per commit needs an append-then-commit API on the outbox.)
+//! the FIFO into the [`Outbox`] in order. It appends every record waiting in the FIFO (up to
+//! 512) and then commits once ([`Outbox::append`], [`Outbox::commit`]), so concurrent
+//! jobs share one flush per batch instead of paying one per record.
 //!
 //! # Ordering and durability guarantee
 //!
@@ -206,25 +207,38 @@ impl CommandObserver for AuditObserver {
 
 async fn writer(outbox: Arc<Outbox>, mut rx: mpsc::UnboundedReceiver<Item>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut replies = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut appended = false;
         for item in batch.drain(..) {
             let res = match item.record {
-                Some(record) => push(&outbox, record).await,
+                Some(record) => {
+                    let res = append(&outbox, record).await;
+                    appended |= res.is_ok();
+                    res
+                }
                 None => Ok(0),
             };
             if let Some(reply) = item.reply {
-                let _ = reply.send(res);
+                replies.push((reply, res));
             }
+        }
+        // Nobody hears "stored" before the batch is on disk.
+        if appended {
+            commit(&outbox).await;
+        }
+        for (reply, res) in replies.drain(..) {
+            let _ = reply.send(res);
         }
     }
 }
 
-/// Pushes one record (committed when this returns), retrying until the outbox takes it;
-/// gives up only on records that cannot be encoded.
-async fn push(outbox: &Outbox, record: OutboxRecord) -> Result<u64, AuditError> {
+/// Appends one record (not yet committed), retrying until the outbox takes it; gives up only
+/// on records that cannot be encoded.
+async fn append(outbox: &Outbox, record: OutboxRecord) -> Result<u64, AuditError> {
     let mut pause = Duration::from_millis(100);
     loop {
-        match outbox.push(record.clone()).await {
+        match outbox.append(record.clone()) {
             Ok(seq) => return Ok(seq),
             Err(OutboxError::Store(e @ StoreError::Encode { .. })) => {
                 tracing::error!(error = %e, kind = record.name(), "dropping an outbox record that cannot be encoded");
@@ -236,5 +250,15 @@ async fn push(outbox: &Outbox, record: OutboxRecord) -> Result<u64, AuditError> 
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Commits everything appended so far, retrying until the disk takes it.
+async fn commit(outbox: &Outbox) {
+    let mut pause = Duration::from_millis(100);
+    while let Err(e) = outbox.commit().await {
+        tracing::error!(error = %e, "cannot commit the outbox; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }

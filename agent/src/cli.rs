@@ -51,7 +51,12 @@ pub enum Command {
     /// Routers reachable, queue and outbox depth, last errors.
     Status,
     /// Run the agent: execute queued jobs on the routers until SIGINT or SIGTERM.
-    Run,
+    Run {
+        /// Stop by itself once no job is queued, running or waiting to retry (a one-shot
+        /// maintenance run; dead letters waiting for self-healing do not hold it).
+        #[arg(long)]
+        exit_when_idle: bool,
+    },
 }
 
 /// `router …`.
@@ -304,7 +309,9 @@ pub async fn run_local(
 ) -> Result<(), CliError> {
     let local = Local::open(cli)?;
     let result = match &cli.command {
-        Command::Run => return run_agent(local, out, shutdown).await,
+        Command::Run { exit_when_idle } => {
+            return run_agent(local, *exit_when_idle, out, shutdown).await;
+        }
         Command::Router(cmd) => router_command(&local, cmd, out).await,
         Command::Queue(cmd) => queue_command(&local, cmd, out).await,
         Command::Status => status(&local, out).await,
@@ -317,6 +324,7 @@ pub async fn run_local(
 /// `run`: the executor over this data folder's queue, registry and outbox.
 async fn run_agent(
     local: Local,
+    exit_when_idle: bool,
     out: &mut dyn Write,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
@@ -331,8 +339,9 @@ async fn run_agent(
     let limits = &local.config.limits;
     let per_router = limits.router_concurrency.max(1);
     let mut driver = local.config.driver.driver_config();
-    // One pooled connection per job that may run at once, so no connection goes uncharged.
-    driver.pool_size = per_router;
+    // A few pipelined connections carry many concurrent jobs (commands are tagged); each
+    // connection's login and version read (2 commands) happen once per connection.
+    driver.pool_size = per_router.min(4);
     let config = ExecutorConfig {
         driver,
         per_router,
@@ -347,7 +356,7 @@ async fn run_agent(
     let routers = local.registry.list()?.len();
     let counts = queue.counts();
     let executor = Executor::new(
-        queue,
+        Arc::clone(&queue),
         outbox,
         Arc::new(local.registry),
         local.clock.clone(),
@@ -361,9 +370,21 @@ async fn run_agent(
     )
     .map_err(write_err)?;
     out.flush().map_err(write_err)?;
-    executor.run(shutdown).await;
+    if exit_when_idle {
+        executor.run_until_idle(shutdown).await;
+    } else {
+        executor.run(shutdown).await;
+    }
     local.store.commit().await?;
-    writeln!(out, "tikfleet-agent stopped").map_err(write_err)?;
+    let counts = queue.counts();
+    writeln!(
+        out,
+        "tikfleet-agent stopped: {} job(s) waiting, {} failed, {} succeeded",
+        counts.queued + counts.retrying + counts.running,
+        counts.failed,
+        counts.succeeded,
+    )
+    .map_err(write_err)?;
     Ok(())
 }
 

@@ -36,7 +36,10 @@
 //! [`AuditLog`] FIFO, so a job's final update follows its audit records and is durable, with
 //! them, before the queue records the job's new status. If the agent dies between the
 //! update and the queue change, the job runs again after the restart and reports again
-//! (at least once; operations are idempotent).
+//! (at least once; operations are idempotent). If an update cannot be made durable (the
+//! audit writer stopped), the queue is not changed (and after a failed `running` update no
+//! command is sent): the job stays `running` and runs again after a restart.
+//! `agent/tests/crash.rs` kills the agent binary mid-run and checks these guarantees.
 //!
 //! # Rate limits
 //!
@@ -315,6 +318,17 @@ impl<S: JobStore + 'static> Executor<S> {
     /// Runs jobs until `shutdown` completes, then waits for the running ones to finish and
     /// for their records to be durable.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        self.run_loop(shutdown, false).await;
+    }
+
+    /// Like [`Executor::run`], but also stops by itself once the queue is drained: no job
+    /// running, queued or waiting to retry (dead letters waiting for self-healing do not
+    /// count). For one-shot runs (`tikfleet-agent run --exit-when-idle`).
+    pub async fn run_until_idle(&self, shutdown: impl Future<Output = ()>) {
+        self.run_loop(shutdown, true).await;
+    }
+
+    async fn run_loop(&self, shutdown: impl Future<Output = ()>, until_idle: bool) {
         let sh = &self.shared;
         let mut tasks: JoinSet<()> = JoinSet::new();
         tokio::pin!(shutdown);
@@ -325,6 +339,14 @@ impl<S: JobStore + 'static> Executor<S> {
             notified.as_mut().enable();
             let now = sh.clock.now();
             let blocked = self.dispatch(&mut tasks, now);
+            if until_idle && tasks.is_empty() {
+                // Nothing runs, and dispatch took every job that was ready: idle unless a
+                // job waits for a later due time.
+                let counts = sh.queue.counts();
+                if counts.queued == 0 && counts.retrying == 0 {
+                    break;
+                }
+            }
             // When due jobs wait for busy routers, a finished job wakes us; otherwise the
             // next due time does.
             let wake = if blocked {
@@ -411,8 +433,13 @@ impl<S: JobStore + 'static> Shared<S> {
             "started",
             self.queue.set_progress(job.id, start, self.clock.now()),
         );
-        self.update(&record, JobStatus::Running, Some(start), None, None)
-            .await;
+        if !self
+            .update(&record, JobStatus::Running, Some(start), None, None)
+            .await
+        {
+            // No command runs unless the audit pipe works: nothing would record it.
+            return;
+        }
         let result =
             audit::with_job(job.id, self.attempt(job.router_id, job.tenant_id, &job.op)).await;
         self.finish(&record, result).await;
@@ -478,14 +505,18 @@ impl<S: JobStore + 'static> Shared<S> {
                 let done = Progress { done: 1, total: 1 };
                 log_queue(id, "progressed", self.queue.set_progress(id, done, now));
                 let detail = outcome.detail();
-                self.update(
-                    record,
-                    JobStatus::Succeeded,
-                    Some(done),
-                    None,
-                    Some(detail.clone()),
-                )
-                .await;
+                if !self
+                    .update(
+                        record,
+                        JobStatus::Succeeded,
+                        Some(done),
+                        None,
+                        Some(detail.clone()),
+                    )
+                    .await
+                {
+                    return;
+                }
                 lock(&self.heals).remove(&id);
                 log_queue(
                     id,
@@ -507,9 +538,12 @@ impl<S: JobStore + 'static> Shared<S> {
                 let delay = policy.backoff(record.attempts, &mut *lock(&self.rng));
                 let at = now.saturating_add(delay);
                 tracing::info!(job = %id, router = %job.router_id, attempt = record.attempts, error = %e, retry_in_ms = delay.as_millis(), "job failed; retrying");
-                self.update(record, JobStatus::Retrying, None, Some(info.clone()), None)
-                    .await;
-                log_queue(id, "retries", self.queue.retry(id, at, info, now).await);
+                if self
+                    .update(record, JobStatus::Retrying, None, Some(info.clone()), None)
+                    .await
+                {
+                    log_queue(id, "retries", self.queue.retry(id, at, info, now).await);
+                }
             }
             ErrorClass::Transient => {
                 let heals = {
@@ -541,8 +575,12 @@ impl<S: JobStore + 'static> Shared<S> {
         now: UnixMillis,
     ) {
         let id = record.job.id;
-        self.update(record, JobStatus::Failed, None, Some(info.clone()), None)
-            .await;
+        if !self
+            .update(record, JobStatus::Failed, None, Some(info.clone()), None)
+            .await
+        {
+            return;
+        }
         log_queue(
             id,
             "failed",
@@ -551,6 +589,10 @@ impl<S: JobStore + 'static> Shared<S> {
     }
 
     /// Pushes a JobUpdate behind the job's audit records and waits until it is durable.
+    /// Returns whether it is: if not (the audit writer stopped, or the update cannot be
+    /// encoded), the caller leaves the job's status in the queue alone, so the job stays
+    /// `running` and runs again after a restart instead of being recorded as done without
+    /// its audit records and update.
     async fn update(
         &self,
         record: &JobRecord,
@@ -558,7 +600,7 @@ impl<S: JobStore + 'static> Shared<S> {
         progress: Option<Progress>,
         error: Option<ErrorInfo>,
         detail: Option<String>,
-    ) {
+    ) -> bool {
         let update = JobUpdate {
             job_id: record.job.id,
             router_id: record.job.router_id,
@@ -569,8 +611,12 @@ impl<S: JobStore + 'static> Shared<S> {
             detail,
             at: self.clock.now(),
         };
-        if let Err(e) = self.audit.push(OutboxRecord::JobUpdate(update)).await {
-            tracing::error!(job = %record.job.id, error = %e, "cannot write a job update");
+        match self.audit.push(OutboxRecord::JobUpdate(update)).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(job = %record.job.id, error = %e, "cannot write a job update; the job stays running until the agent restarts");
+                false
+            }
         }
     }
 }

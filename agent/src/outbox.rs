@@ -3,7 +3,8 @@
 //! Every [`OutboxRecord`] (audit, job updates, telemetry, drift, apply reports) gets the next
 //! sequence number (from 1, never reused, also across restarts and after everything was
 //! trimmed) and is committed (group commit, see [`store`](crate::store)) before
-//! [`Outbox::push`] returns. The uplink reads from its position with [`Outbox::read_after`]
+//! [`Outbox::push`] returns ([`Outbox::append`] then [`Outbox::commit`] do the same for many
+//! records with one commit). The uplink reads from its position with [`Outbox::read_after`]
 //! and trims with [`Outbox::ack`] once the controller has stored the records. An audit
 //! record's own `seq` field is set to the sequence number that carries it.
 //!
@@ -26,7 +27,9 @@
 //! tombstone, `0` anything else, so trimming needs no decoding) + the body: MessagePack of the
 //! record, or for a tombstone one reason byte (`0` telemetry, `1` corrupt, `2` missing);
 //! `mnext_seq`, `macked`, `mdropped` → u64 big-endian counters, written in the same atomic
-//! batch as the records they describe.
+//! batch as the records they describe (drops, acks). A record without drops is written with
+//! two plain inserts (record, then `mnext_seq`), which is cheaper than a batch; open takes the
+//! largest of `mnext_seq`, the last stored seq + 1 and `macked` + 1, so either one suffices.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -261,43 +264,65 @@ impl Outbox {
     ///
     /// If the caps drop telemetry, the oldest telemetry records (possibly `record` itself)
     /// are replaced by tombstones under their seqs, in the same atomic batch.
-    pub async fn push(&self, mut record: OutboxRecord) -> Result<u64, OutboxError> {
-        let seq = {
-            let mut state = self.lock();
-            let seq = state.next_seq;
-            if let OutboxRecord::Audit(audit) = &mut record {
-                audit.seq = seq;
-            }
-            let value = encode_value(&record)?;
-            let is_telemetry = value.first() == Some(&KIND_TELEMETRY);
-            let key = record_key(seq);
-            let size = (key.len() + value.len()) as u64;
+    pub async fn push(&self, record: OutboxRecord) -> Result<u64, OutboxError> {
+        let seq = self.append(record)?;
+        self.commit_upto(seq).await?;
+        Ok(seq)
+    }
 
-            // Plan the drops first; state changes only after the batch is applied. A dropped
-            // record's bytes become a tombstone's; the loop ends as telemetry runs out.
-            let mut telemetry = state.telemetry.len() as u64;
-            let mut bytes = state.bytes + size;
-            if is_telemetry {
-                telemetry += 1;
-            }
-            let mut drops = Vec::new();
-            let mut candidates = state
-                .telemetry
-                .iter()
-                .copied()
-                .chain(is_telemetry.then_some((seq, size)));
-            while telemetry > self.config.max_telemetry
-                || (bytes > self.config.max_bytes && telemetry > 0)
-            {
-                let Some((old_seq, old_size)) = candidates.next() else {
-                    break;
-                };
-                drops.push(old_seq);
-                telemetry -= 1;
-                bytes -= old_size.saturating_sub(TOMBSTONE_BYTES);
-            }
-            let drops_self = drops.last() == Some(&seq);
+    /// Writes a record and returns its sequence number *without* waiting for it to be on
+    /// disk: it is not durable, and not readable with [`Outbox::read_after`], until a later
+    /// [`Outbox::commit`] returns. For writers of many records (the audit writer), so that a
+    /// batch costs one commit instead of one per record. Drops for the caps as in
+    /// [`Outbox::push`].
+    pub fn append(&self, mut record: OutboxRecord) -> Result<u64, OutboxError> {
+        let mut state = self.lock();
+        let seq = state.next_seq;
+        if let OutboxRecord::Audit(audit) = &mut record {
+            audit.seq = seq;
+        }
+        let value = encode_value(&record)?;
+        let is_telemetry = value.first() == Some(&KIND_TELEMETRY);
+        let key = record_key(seq);
+        let size = (key.len() + value.len()) as u64;
 
+        // Plan the drops first; state changes only after the batch is applied. A dropped
+        // record's bytes become a tombstone's; the loop ends as telemetry runs out.
+        let mut telemetry = state.telemetry.len() as u64;
+        let mut bytes = state.bytes + size;
+        if is_telemetry {
+            telemetry += 1;
+        }
+        let mut drops = Vec::new();
+        let mut candidates = state
+            .telemetry
+            .iter()
+            .copied()
+            .chain(is_telemetry.then_some((seq, size)));
+        while telemetry > self.config.max_telemetry
+            || (bytes > self.config.max_bytes && telemetry > 0)
+        {
+            let Some((old_seq, old_size)) = candidates.next() else {
+                break;
+            };
+            drops.push(old_seq);
+            telemetry -= 1;
+            bytes -= old_size.saturating_sub(TOMBSTONE_BYTES);
+        }
+        let drops_self = drops.last() == Some(&seq);
+
+        if drops.is_empty() {
+            // The common case: two plain inserts, not a batch. A sled batch writes out its log
+            // buffer before and after (two synchronous disk writes per record, which bounded
+            // the executor's jobs per second). Atomicity is not needed here: both land with
+            // the next commit, and if a crash keeps only one, open still never reuses a seq
+            // (it takes the largest of the counter and the last stored seq + 1; a counter
+            // without its record only yields a `missing` tombstone for a seq never sent).
+            self.tree
+                .insert(key, value)
+                .and_then(|_| self.tree.insert(NEXT_SEQ, &(seq + 1).to_be_bytes()))
+                .map_err(|e| self.store.map_sled(e))?;
+        } else {
             let mut batch = sled::Batch::default();
             let dropped_value = tombstone(DropReason::Telemetry);
             for old in &drops {
@@ -307,42 +332,51 @@ impl Outbox {
                 batch.insert(&key, value);
             }
             batch.insert(NEXT_SEQ, &(seq + 1).to_be_bytes());
-            if !drops.is_empty() {
-                batch.insert(DROPPED, &(state.dropped + drops.len() as u64).to_be_bytes());
-            }
+            batch.insert(DROPPED, &(state.dropped + drops.len() as u64).to_be_bytes());
             self.tree
                 .apply_batch(batch)
                 .map_err(|e| self.store.map_sled(e))?;
+        }
 
-            state.next_seq = seq + 1;
-            state.records += 1;
-            if drops_self {
-                state.bytes += TOMBSTONE_BYTES;
-            } else {
-                state.bytes += size;
-                if is_telemetry {
-                    state.telemetry.push_back((seq, size));
-                }
+        state.next_seq = seq + 1;
+        state.records += 1;
+        if drops_self {
+            state.bytes += TOMBSTONE_BYTES;
+        } else {
+            state.bytes += size;
+            if is_telemetry {
+                state.telemetry.push_back((seq, size));
             }
-            for old in &drops {
-                if *old == seq {
-                    continue;
-                }
-                // Drops are taken oldest first, so each is the front of the queue.
-                if let Some((_, old_size)) = state.telemetry.pop_front() {
-                    state.bytes -= old_size.saturating_sub(TOMBSTONE_BYTES);
-                }
+        }
+        for old in &drops {
+            if *old == seq {
+                continue;
             }
-            if !drops.is_empty() {
-                state.dropped += drops.len() as u64;
-                tracing::warn!(
-                    dropped = drops.len(),
-                    total_dropped = state.dropped,
-                    "outbox over its cap: replaced the oldest telemetry by tombstones"
-                );
+            // Drops are taken oldest first, so each is the front of the queue.
+            if let Some((_, old_size)) = state.telemetry.pop_front() {
+                state.bytes -= old_size.saturating_sub(TOMBSTONE_BYTES);
             }
-            seq
-        };
+        }
+        if !drops.is_empty() {
+            state.dropped += drops.len() as u64;
+            tracing::warn!(
+                dropped = drops.len(),
+                total_dropped = state.dropped,
+                "outbox over its cap: replaced the oldest telemetry by tombstones"
+            );
+        }
+        Ok(seq)
+    }
+
+    /// Waits until every record appended so far is on disk (group commit); they are then
+    /// readable with [`Outbox::read_after`].
+    pub async fn commit(&self) -> Result<(), OutboxError> {
+        let upto = self.lock().next_seq - 1;
+        self.commit_upto(upto).await
+    }
+
+    /// Commits, then marks every seq up to `seq` (all written before this call) durable.
+    async fn commit_upto(&self, seq: u64) -> Result<(), OutboxError> {
         self.store.commit().await?;
         {
             // The flush that made `seq` durable started after every smaller seq was written
@@ -351,7 +385,7 @@ impl Outbox {
             state.durable_upto = state.durable_upto.max(seq);
         }
         self.pushed.notify_waiters();
-        Ok(seq)
+        Ok(())
     }
 
     /// Up to `limit` committed records with sequence numbers above `after` (and above the last

@@ -595,6 +595,9 @@ const fn prio_slot(p: Priority) -> usize {
     }
 }
 
+/// One router's waiting jobs per priority slot, ordered by (due, seq).
+type ReadySets = [BTreeSet<(UnixMillis, u64, JobId)>; 3];
+
 /// The durable job store: records in sled, indexes in memory (rebuilt on open).
 #[derive(Debug)]
 pub struct SledJobStore {
@@ -602,8 +605,9 @@ pub struct SledJobStore {
     tree: sled::Tree,
     next_seq: u64,
     entries: HashMap<JobId, Entry>,
-    /// Waiting jobs per priority, ordered by (due, seq).
-    ready: [BTreeSet<(UnixMillis, u64, JobId)>; 3],
+    /// Waiting jobs per router and priority, ordered by (due, seq). Per router, so that
+    /// taking a job costs O(routers), not O(waiting jobs), while busy routers' jobs wait.
+    ready: HashMap<RouterId, ReadySets>,
     /// Dead-lettered jobs with a heal time, ordered by (heal time, seq).
     healing: BTreeSet<(UnixMillis, u64, JobId)>,
     counts: QueueCounts,
@@ -619,7 +623,7 @@ impl SledJobStore {
             tree,
             next_seq: 0,
             entries: HashMap::new(),
-            ready: Default::default(),
+            ready: HashMap::new(),
             healing: BTreeSet::new(),
             counts: QueueCounts::default(),
             corrupt: 0,
@@ -676,7 +680,8 @@ impl SledJobStore {
     fn insert_entry(&mut self, id: JobId, e: Entry) {
         match e.status {
             JobStatus::Queued | JobStatus::Retrying => {
-                self.ready[prio_slot(e.priority)].insert((e.due_at, e.seq, id));
+                self.ready.entry(e.router).or_default()[prio_slot(e.priority)]
+                    .insert((e.due_at, e.seq, id));
             }
             JobStatus::Failed => {
                 if let Some(h) = e.next_heal_at {
@@ -691,7 +696,12 @@ impl SledJobStore {
 
     fn unindex(&mut self, id: JobId) -> Option<Entry> {
         let e = self.entries.remove(&id)?;
-        self.ready[prio_slot(e.priority)].remove(&(e.due_at, e.seq, id));
+        if let Some(sets) = self.ready.get_mut(&e.router) {
+            sets[prio_slot(e.priority)].remove(&(e.due_at, e.seq, id));
+            if sets.iter().all(BTreeSet::is_empty) {
+                self.ready.remove(&e.router);
+            }
+        }
         if let Some(h) = e.next_heal_at {
             self.healing.remove(&(h, e.seq, id));
         }
@@ -778,20 +788,25 @@ impl JobStore for SledJobStore {
             }
             self.transition(id, Transition::Heal, now)?;
         }
-        let mut pick = None;
-        'slots: for slot in &self.ready {
-            for &(due, _, id) in slot {
-                if due > now {
-                    break;
-                }
-                if self.entries.get(&id).is_some_and(|e| eligible(e.router)) {
-                    pick = Some(id);
-                    break 'slots;
-                }
+        // The most urgent due job of each router is the first due head of its priority
+        // slots; the pick is the most urgent of those among eligible routers (the same job
+        // as one scan of all waiting jobs in (priority, due, seq) order would find).
+        let mut pick: Option<(usize, UnixMillis, u64, JobId)> = None;
+        for (router, sets) in &self.ready {
+            let head = sets.iter().enumerate().find_map(|(slot, set)| {
+                set.first()
+                    .filter(|&&(due, _, _)| due <= now)
+                    .map(|&(due, seq, id)| (slot, due, seq, id))
+            });
+            if let Some(head) = head
+                && pick.is_none_or(|p| head < p)
+                && eligible(*router)
+            {
+                pick = Some(head);
             }
         }
         match pick {
-            Some(id) => self.transition(id, Transition::Take, now).map(Some),
+            Some((_, _, _, id)) => self.transition(id, Transition::Take, now).map(Some),
             None => Ok(None),
         }
     }
@@ -858,7 +873,8 @@ impl JobStore for SledJobStore {
 
     fn next_due(&self) -> Option<UnixMillis> {
         self.ready
-            .iter()
+            .values()
+            .flatten()
             .filter_map(|s| s.first().map(|&(due, _, _)| due))
             .chain(self.healing.first().map(|&(h, _, _)| h))
             .min()
@@ -871,7 +887,8 @@ impl JobStore for SledJobStore {
             JobId::from_bytes([0; 16]),
         );
         self.ready
-            .iter()
+            .values()
+            .flatten()
             .chain(std::iter::once(&self.healing))
             .filter_map(|s| s.range(from..).next().map(|&(at, _, _)| at))
             .min()

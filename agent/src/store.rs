@@ -28,6 +28,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -216,6 +217,15 @@ struct Inner {
     db: sled::Db,
     path: PathBuf,
     max_bytes: Option<u64>,
+    commit: Arc<Commit>,
+}
+
+/// Group-commit bookkeeping, shared with the flusher task. It holds no database handle, so
+/// once a flush is published nothing but the `Store` clones keeps the database open (a
+/// reopen in the same process finds the lock free).
+#[derive(Debug)]
+struct Commit {
+    path: PathBuf,
     state: Mutex<CommitState>,
     done: watch::Sender<Flushed>,
     flushes: AtomicU64,
@@ -254,10 +264,13 @@ impl Store {
                 db,
                 path: config.path.clone(),
                 max_bytes: config.max_bytes,
-                state: Mutex::new(CommitState::default()),
-                done,
-                flushes: AtomicU64::new(0),
-                disk_full: AtomicBool::new(false),
+                commit: Arc::new(Commit {
+                    path: config.path.clone(),
+                    state: Mutex::new(CommitState::default()),
+                    done,
+                    flushes: AtomicU64::new(0),
+                    disk_full: AtomicBool::new(false),
+                }),
             }),
         })
     }
@@ -280,7 +293,7 @@ impl Store {
     pub(crate) fn map_sled(&self, e: sled::Error) -> StoreError {
         match e {
             sled::Error::Io(io) if is_enospc(&io) => {
-                self.inner.disk_full.store(true, Ordering::SeqCst);
+                self.inner.commit.disk_full.store(true, Ordering::SeqCst);
                 StoreError::DiskFull {
                     path: self.inner.path.clone(),
                 }
@@ -297,17 +310,21 @@ impl Store {
 
     /// Waits until everything written before this call is on disk (group commit).
     pub async fn commit(&self) -> Result<(), StoreError> {
-        let mut rx = self.inner.done.subscribe();
+        let mut rx = self.inner.commit.done.subscribe();
         let ticket = {
             let mut state = self
                 .inner
+                .commit
                 .state
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             state.issued += 1;
             if !state.flushing {
                 state.flushing = true;
-                tokio::spawn(flusher(Arc::clone(&self.inner)));
+                tokio::spawn(flusher(
+                    Arc::clone(&self.inner.commit),
+                    Arc::downgrade(&self.inner),
+                ));
             }
             state.issued
         };
@@ -329,7 +346,7 @@ impl Store {
 
     /// Refuses new work when the store is over its cap or the disk is full.
     pub fn check_room(&self) -> Result<(), StoreError> {
-        if self.inner.disk_full.load(Ordering::SeqCst) {
+        if self.inner.commit.disk_full.load(Ordering::SeqCst) {
             return Err(StoreError::DiskFull {
                 path: self.inner.path.clone(),
             });
@@ -353,7 +370,7 @@ impl Store {
         Ok(StoreStats {
             size_on_disk: self.size_on_disk()?,
             max_bytes: self.inner.max_bytes,
-            disk_full: self.inner.disk_full.load(Ordering::SeqCst),
+            disk_full: self.inner.commit.disk_full.load(Ordering::SeqCst),
             flushes: self.flush_count(),
         })
     }
@@ -361,21 +378,21 @@ impl Store {
     /// Flushes done by group commit since open (for tests and benchmarks).
     #[must_use]
     pub fn flush_count(&self) -> u64 {
-        self.inner.flushes.load(Ordering::SeqCst)
+        self.inner.commit.flushes.load(Ordering::SeqCst)
     }
 }
 
 /// Resets `flushing` if the flusher task is dropped (runtime shutdown) so that the next
 /// committer starts a new one.
 struct FlushingGuard<'a> {
-    inner: &'a Inner,
+    commit: &'a Commit,
     armed: bool,
 }
 
 impl Drop for FlushingGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.inner
+            self.commit
                 .state
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -385,34 +402,42 @@ impl Drop for FlushingGuard<'_> {
 }
 
 /// The group-commit flusher: flush up to the newest ticket, publish, repeat while needed.
-async fn flusher(inner: Arc<Inner>) {
+///
+/// It reaches the database only through a weak handle, upgraded just long enough to take a
+/// clone for one blocking flush; the clone is dropped inside the blocking task, before the
+/// result is published, so a committer that returns and drops its `Store` really closes it.
+async fn flusher(commit: Arc<Commit>, store: Weak<Inner>) {
     let mut guard = FlushingGuard {
-        inner: &inner,
+        commit: &commit,
         armed: true,
     };
     loop {
         let target = {
-            let mut state = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if state.issued <= inner.done.borrow().upto {
+            let mut state = commit.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.issued <= commit.done.borrow().upto {
                 state.flushing = false;
                 guard.armed = false;
                 return;
             }
             state.issued
         };
-        // The blocking closure owns its handle and drops it before returning, so once the
-        // result is published no flusher holds the database open.
-        let db = inner.db.clone();
-        let result = tokio::task::spawn_blocking(move || db.flush()).await;
-        inner.flushes.fetch_add(1, Ordering::SeqCst);
+        let db = store.upgrade().map(|inner| inner.db.clone());
+        let result = match db {
+            Some(db) => tokio::task::spawn_blocking(move || db.flush().map(|_| ())).await,
+            // Every Store is gone, so nobody waits; what was written stays as sled left it.
+            None => Ok(Err(sled::Error::Io(io::Error::other(
+                "the store was closed",
+            )))),
+        };
+        commit.flushes.fetch_add(1, Ordering::SeqCst);
         let failed = match result {
-            Ok(Ok(_)) => {
-                inner.disk_full.store(false, Ordering::SeqCst);
+            Ok(Ok(())) => {
+                commit.disk_full.store(false, Ordering::SeqCst);
                 None
             }
             Ok(Err(sled::Error::Io(e))) if is_enospc(&e) => {
-                inner.disk_full.store(true, Ordering::SeqCst);
-                tracing::error!(path = %inner.path.display(), "store flush failed: disk full");
+                commit.disk_full.store(true, Ordering::SeqCst);
+                tracing::error!(path = %commit.path.display(), "store flush failed: disk full");
                 Some((e.to_string(), true))
             }
             Ok(Err(e)) => {
@@ -421,7 +446,7 @@ async fn flusher(inner: Arc<Inner>) {
             }
             Err(e) => Some((format!("flush task failed: {e}"), false)),
         };
-        inner.done.send_modify(|f| {
+        commit.done.send_modify(|f| {
             if target > f.upto {
                 *f = Flushed {
                     upto: target,
