@@ -246,11 +246,7 @@ impl Store {
             reason,
         };
         std::fs::create_dir_all(&config.path).map_err(|e| open_err(e.to_string()))?;
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_bytes)
-            .open()
-            .map_err(|e| open_err(e.to_string()))?;
+        let db = open_db(config).map_err(|e| open_err(e.to_string()))?;
         for tree in TreeName::ALL {
             db.open_tree(tree.as_str())
                 .map_err(|e| open_err(e.to_string()))?;
@@ -382,6 +378,32 @@ impl Store {
     }
 }
 
+/// How long `open` waits for another holder of the data folder's lock to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens sled, waiting a little while the folder's lock is held: sled's own background
+/// threads of a store just closed (or an agent process that is exiting) release it moments
+/// later. A lock still held after [`LOCK_WAIT`] is reported: another process uses the folder.
+fn open_db(config: &StoreConfig) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            .open()
+        {
+            // sled reports the held lock as an `Other` error carrying the OS's WouldBlock.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Resets `flushing` if the flusher task is dropped (runtime shutdown) so that the next
 /// committer starts a new one.
 struct FlushingGuard<'a> {
@@ -471,6 +493,18 @@ mod tests {
         assert!(store.check_room().unwrap_err().is_full());
         let other = store.map_sled(sled::Error::Io(io::Error::other("boom")));
         assert_eq!(other.code(), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn a_folder_held_by_another_store_is_refused_after_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::new(dir.path());
+        let held = Store::open(&config).unwrap();
+        let err = Store::open(&config).unwrap_err();
+        assert!(err.to_string().contains("could not acquire lock"), "{err}");
+        drop(held);
+        // Released once the holder is gone (the open waits out sled's background threads).
+        Store::open(&config).expect("reopens once the first store is dropped");
     }
 
     #[test]
