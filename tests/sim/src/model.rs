@@ -8,6 +8,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+use crate::query::Query;
+
+#[cfg(test)]
+thread_local! {
+    /// Set by tests to make [`Table::select`] scan every row, to compare it with the index.
+    pub(crate) static FULL_SCAN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A command failure, sent as `!trap` (the text is RouterOS's message).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CommandError {
@@ -273,6 +281,36 @@ impl Table {
     /// A row by id.
     pub fn get(&self, id: u32) -> Option<&Row> {
         self.rows.get(&id)
+    }
+
+    /// The rows a print with `query` must look at, in id order: every row, or, when the
+    /// query pins this table's single key field ([`Query::pinned`]), only the row the key
+    /// index gives for that value (or none). The caller still evaluates the whole query on
+    /// each row, so the result is a full scan's provided its getter reads the key field's
+    /// stored value (hidden fields, which print as absent, are never looked up).
+    pub fn select<'a>(&'a self, query: &Query) -> impl Iterator<Item = &'a Row> + 'a {
+        let pinned = self.pinned_row(query);
+        let all = pinned.is_none().then(|| self.rows.values());
+        pinned
+            .flatten()
+            .into_iter()
+            .chain(all.into_iter().flatten())
+    }
+
+    /// `Some(candidate)` when the key index answers `query`, `None` for a full scan.
+    fn pinned_row(&self, query: &Query) -> Option<Option<&Row>> {
+        #[cfg(test)]
+        if FULL_SCAN.get() {
+            return None;
+        }
+        let &[key] = self.spec.key else { return None };
+        let i = self.spec.field_index(key)?;
+        if self.spec.fields[i].hidden {
+            return None;
+        }
+        // The index reads an absent key as "", as `?name=` does.
+        let value = query.pinned(key)?;
+        Some(self.find_key(value).and_then(|id| self.rows.get(&id)))
     }
 
     /// The id of the row with this single-field key (name).

@@ -44,6 +44,26 @@ impl Query {
         self.terms.is_empty()
     }
 
+    /// The value a row's `field` must equal for the query to match it, when the query is a
+    /// plain conjunction holding `?field=value` (or `?=field=value`): every row it matches
+    /// reads `value` there, an absent property reading as empty as in [`Query::matches`].
+    /// `None` when that is not certain: no such term, or a stack operation other than `&`.
+    /// (Terms and `&` only ever AND values, popping an empty stack yields AND's identity
+    /// `true`, and the final stack is ANDed, so such a query is the AND of its terms.)
+    pub fn pinned(&self, field: &str) -> Option<&str> {
+        let conjunction = self.terms.iter().all(|t| match t {
+            Term::Ops(ops) => ops.bytes().all(|b| b == b'&'),
+            _ => true,
+        });
+        if !conjunction {
+            return None;
+        }
+        self.terms.iter().find_map(|t| match t {
+            Term::Eq(n, v) if n == field => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
     /// Evaluates the query against a row, given a property getter.
     pub fn matches<'r>(&self, get: impl Fn(&str) -> Option<Cow<'r, str>>) -> bool {
         if self.terms.is_empty() {
@@ -178,5 +198,32 @@ mod tests {
         check(&["?type=vlan", "?#!"], true);
         check(&["?name=alice", "?type=vlan", "?#0"], false);
         check(&["?#&&|!"], false);
+    }
+
+    #[test]
+    fn pinned_only_for_conjunctions() {
+        let pinned = |words: &[&str]| {
+            Query::parse(words.iter().copied())
+                .pinned("name")
+                .map(str::to_string)
+        };
+        assert_eq!(pinned(&["?name=a"]), Some("a".into()));
+        assert_eq!(pinned(&["?=name=a=b"]), Some("a=b".into()));
+        assert_eq!(pinned(&["?name="]), Some(String::new()));
+        assert_eq!(
+            pinned(&["?disabled=false", "?name=a", "?#&"]),
+            Some("a".into())
+        );
+        assert_eq!(
+            pinned(&["?#&&", "?name=a", "?-comment", "?#"]),
+            Some("a".into())
+        );
+        assert_eq!(pinned(&[]), None);
+        assert_eq!(pinned(&["?name"]), None);
+        assert_eq!(pinned(&["?>name=a"]), None);
+        assert_eq!(pinned(&["?comment=a"]), None);
+        for ops in ["?#!", "?#|", "?#.", "?#0", "?#&!", "?#x"] {
+            assert_eq!(pinned(&["?name=a", "?name=b", ops]), None, "{ops}");
+        }
     }
 }
