@@ -16,6 +16,8 @@
 //!
 //! Linux only (`/proc`). Run: `cargo bench -p tikfleet-agent --bench idle_memory`
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -23,9 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tikfleet_agent::queue::Queue;
 use tikfleet_agent::store::{Store, StoreConfig};
-use tikfleet_shared::domain::{PppSecret, PppService};
-use tikfleet_shared::job::{Job, JobOp, Priority};
-use tikfleet_shared::{JobId, RouterId, Secret, TenantId, UnixMillis};
+use tikfleet_shared::{RouterId, TenantId, UnixMillis};
 use tikfleet_sim::router::lock;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -181,31 +181,6 @@ async fn measure(child: &Child, label: &str) -> anyhow::Result<f64> {
     Ok(rss)
 }
 
-fn secret_job(router: RouterId, i: usize) -> anyhow::Result<Job> {
-    let id = JobId::new();
-    Ok(Job {
-        id,
-        tenant_id: TENANT.parse::<TenantId>().context("tenant id")?,
-        router_id: router,
-        idempotency_key: id.to_string(),
-        priority: Priority::Normal,
-        op: JobOp::UpsertPppSecret {
-            secret: PppSecret {
-                subscriber_id: None,
-                name: format!("sub-{i}"),
-                password: Secret::new(format!("pw-{i}")),
-                service: PppService::Pppoe,
-                profile: "default".into(),
-                disabled: false,
-                remote_address: None,
-                comment: None,
-            },
-        },
-        created_at: UnixMillis::from_system_time(std::time::SystemTime::now()),
-        max_attempts: 0,
-    })
-}
-
 /// Puts one job per router in the (stopped) agent's queue.
 async fn enqueue_one_each(data: &Path, routers: &[RouterId]) -> anyhow::Result<()> {
     let store = Store::open(&StoreConfig::new(data.join("store")))?;
@@ -216,7 +191,7 @@ async fn enqueue_one_each(data: &Path, routers: &[RouterId]) -> anyhow::Result<(
     for (i, router) in routers.iter().enumerate() {
         queue
             .enqueue(
-                secret_job(*router, i)?,
+                common::secret_job(TENANT.parse::<TenantId>().context("tenant id")?, *router, i),
                 UnixMillis::from_system_time(std::time::SystemTime::now()),
             )
             .await?;

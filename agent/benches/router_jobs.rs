@@ -21,6 +21,8 @@
 //! per-router concurrency or the pool size: `TIKFLEET_BENCH_JOBS`, `TIKFLEET_BENCH_PER_ROUTER`,
 //! `TIKFLEET_BENCH_POOL`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,9 +37,7 @@ use tikfleet_agent::ratelimit::Rate;
 use tikfleet_agent::router::{RouterEndpoint, TlsMode};
 use tikfleet_agent::routeros::DriverConfig;
 use tikfleet_agent::store::{Store, StoreConfig};
-use tikfleet_shared::domain::{PppSecret, PppService};
-use tikfleet_shared::job::{Job, JobOp, Priority};
-use tikfleet_shared::{JobId, RouterId, Secret, TenantId, UnixMillis};
+use tikfleet_shared::{RouterId, Secret, TenantId};
 use tikfleet_sim::faults::FaultsPatch;
 use tikfleet_sim::router::lock;
 
@@ -146,31 +146,6 @@ fn router_figures(sim: &tikfleet_sim::Running) -> (HashMap<String, u64>, u64, u6
     (commands, view.connections, view.max_in_flight)
 }
 
-fn secret_job(tenant: TenantId, router: RouterId, i: usize) -> Job {
-    let id = JobId::new();
-    Job {
-        id,
-        tenant_id: tenant,
-        router_id: router,
-        idempotency_key: id.to_string(),
-        priority: Priority::Normal,
-        op: JobOp::UpsertPppSecret {
-            secret: PppSecret {
-                subscriber_id: None,
-                name: format!("sub-{i}"),
-                password: Secret::new(format!("pw-{i}")),
-                service: PppService::Pppoe,
-                profile: "default".into(),
-                disabled: false,
-                remote_address: None,
-                comment: None,
-            },
-        },
-        created_at: UnixMillis::from_system_time(std::time::SystemTime::now()),
-        max_attempts: 0,
-    }
-}
-
 /// The agent's executor runs `jobs` jobs against a fresh router.
 async fn agent(delay_ms: u64, settings: Settings) -> anyhow::Result<Outcome> {
     let jobs = settings.jobs;
@@ -202,7 +177,7 @@ async fn agent(delay_ms: u64, settings: Settings) -> anyhow::Result<Outcome> {
         set.spawn(async move {
             for i in chunk {
                 queue
-                    .enqueue(secret_job(tenant, router, i), clock.now())
+                    .enqueue(common::secret_job(tenant, router, i), clock.now())
                     .await?;
             }
             anyhow::Ok(())

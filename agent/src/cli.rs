@@ -18,8 +18,8 @@ use tikfleet_shared::{ErrorCode, JobId, RouterId, Secret, TenantId};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::AgentConfig;
 use crate::queue::{JobRecord, Queue};
-use crate::registry::{NewRouter, Registry, RouterInfo};
-use crate::router::TlsMode;
+use crate::registry::{Registry, RouterInfo};
+use crate::router::{RouterEndpoint, TlsMode};
 use crate::routeros::{NoopObserver, RouterOsClient};
 use crate::store::{Store, StoreConfig};
 use crate::vault::{KeySources, Vault, load_key};
@@ -438,7 +438,7 @@ async fn router_command(
     Ok(())
 }
 
-fn new_router(local: &Local, add: &AddRouter) -> Result<NewRouter, CliError> {
+fn new_router(local: &Local, add: &AddRouter) -> Result<RouterEndpoint, CliError> {
     let tenant = add.tenant.or(local.config.tenant_id).ok_or_else(|| {
         CliError::new(
             ErrorCode::InvalidRequest,
@@ -485,7 +485,7 @@ fn new_router(local: &Local, add: &AddRouter) -> Result<NewRouter, CliError> {
         TlsArg::Verify | TlsArg::Pin => 8729,
     });
     let password = read_password(&add.name)?;
-    Ok(NewRouter {
+    Ok(RouterEndpoint {
         id: add.id.unwrap_or_else(RouterId::new),
         tenant,
         name: add.name.clone(),

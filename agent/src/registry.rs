@@ -59,29 +59,6 @@ impl RegistryError {
     }
 }
 
-/// A router to add.
-#[derive(Clone, Debug)]
-pub struct NewRouter {
-    /// Its id (the controller's).
-    pub id: RouterId,
-    /// Its tenant.
-    pub tenant: TenantId,
-    /// A unique name for people.
-    pub name: String,
-    /// Host name or IP address.
-    pub host: String,
-    /// API or API-SSL port.
-    pub api_port: u16,
-    /// SSH port.
-    pub ssh_port: u16,
-    /// How the API connection is secured.
-    pub tls: TlsMode,
-    /// The API/SSH user.
-    pub username: String,
-    /// The password, sealed before it is stored.
-    pub password: Secret,
-}
-
 /// A router as listed: everything but the password.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouterInfo {
@@ -260,7 +237,7 @@ impl Registry {
     }
 
     /// Adds a router; its name must be unique. Durable when it returns.
-    pub async fn add(&self, router: NewRouter) -> Result<RouterInfo, RegistryError> {
+    pub async fn add(&self, router: RouterEndpoint) -> Result<RouterInfo, RegistryError> {
         if router.name.trim().is_empty() {
             return Err(RegistryError::Invalid {
                 reason: "the name is empty",

@@ -71,7 +71,8 @@ use tikfleet_agent::clock::{Clock, SystemClock};
 use tikfleet_agent::executor::{CONNECT_COMMANDS, command_budget};
 use tikfleet_agent::outbox::{Outbox, OutboxConfig};
 use tikfleet_agent::queue::Queue;
-use tikfleet_agent::registry::{NewRouter, Registry};
+use tikfleet_agent::registry::Registry;
+use tikfleet_agent::router::RouterEndpoint;
 use tikfleet_agent::router::TlsMode;
 use tikfleet_agent::store::{Store, StoreConfig};
 use tikfleet_agent::vault::{Vault, VaultKey};
@@ -272,7 +273,7 @@ fn plan(
 /// A fresh data folder: the router registered (password sealed with `key`), every job
 /// enqueued and committed. Runs on its own runtime, dropped at the end, so that nothing
 /// (no group-commit task) keeps the store open for the agent.
-fn prepare(store_dir: PathBuf, key: VaultKey, router: NewRouter, jobs: Vec<Job>) {
+fn prepare(store_dir: PathBuf, key: VaultKey, router: RouterEndpoint, jobs: Vec<Job>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -746,7 +747,7 @@ async fn crash_run() {
     let key = VaultKey::generate();
     let key_text = key.to_base64().to_string();
     let api = sim.routers[0].api.expect("api");
-    let new_router = NewRouter {
+    let new_router = RouterEndpoint {
         id: router_id,
         tenant,
         name: "crash-1".into(),

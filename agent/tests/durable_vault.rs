@@ -6,7 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use tikfleet_agent::registry::{NewRouter, Registry, RegistryError};
+use tikfleet_agent::registry::{Registry, RegistryError};
+use tikfleet_agent::router::RouterEndpoint;
 use tikfleet_agent::router::TlsMode;
 use tikfleet_agent::store::{Store, StoreConfig};
 use tikfleet_agent::vault::{
@@ -139,8 +140,8 @@ fn env_key_wins_over_credential_and_key_file() {
     assert!(!err.to_string().contains("not a key"), "{err}");
 }
 
-fn new_router(name: &str, password: &str) -> NewRouter {
-    NewRouter {
+fn new_router(name: &str, password: &str) -> RouterEndpoint {
+    RouterEndpoint {
         id: RouterId::new(),
         tenant: TenantId::new(),
         name: name.to_owned(),
@@ -163,7 +164,7 @@ async fn registry_add_list_get_remove_and_duplicate_names() {
         let registry = Registry::open(&store, Vault::new(&VaultKey::generate())).unwrap();
 
         let core = new_router("core-1", "pw-core");
-        let edge = NewRouter {
+        let edge = RouterEndpoint {
             tls: TlsMode::Verify {
                 ca_pem: "-----BEGIN CERTIFICATE-----".to_owned(),
                 server_name: "edge.example".to_owned(),
