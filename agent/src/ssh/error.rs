@@ -10,12 +10,15 @@ use std::io;
 
 use tikfleet_shared::{ErrorCode, ErrorInfo};
 
-/// A failed SSH connection or operation: a stable code and a message for people.
+use crate::routeros::DriverError;
+
+/// A failed SSH connection or operation: the same coded error as the API driver's
+/// ([`DriverError`]: a stable code and a message for people), plus the fingerprints when the
+/// router's host key changed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
+#[error("{error}")]
 pub struct SshError {
-    code: ErrorCode,
-    message: String,
+    error: DriverError,
     host_key: Option<HostKeyChange>,
 }
 
@@ -33,8 +36,7 @@ impl SshError {
     #[must_use]
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            code,
-            message: message.into(),
+            error: DriverError::new(code, message),
             host_key: None,
         }
     }
@@ -51,8 +53,7 @@ impl SshError {
              exported public key) and, if it is {presented}, re-pin it for this router"
         );
         Self {
-            code: ErrorCode::AuthenticationFailed,
-            message,
+            error: DriverError::new(ErrorCode::AuthenticationFailed, message),
             host_key: Some(HostKeyChange { pinned, presented }),
         }
     }
@@ -60,19 +61,19 @@ impl SshError {
     /// The stable machine code.
     #[must_use]
     pub fn code(&self) -> ErrorCode {
-        self.code
+        self.error.code()
     }
 
     /// What happened, for a person.
     #[must_use]
     pub fn message(&self) -> &str {
-        &self.message
+        self.error.message()
     }
 
     /// Whether retrying later can help.
     #[must_use]
     pub fn retryable(&self) -> bool {
-        self.code.retryable()
+        self.error.retryable()
     }
 
     /// The pinned and presented fingerprints, when the router's host key changed.
@@ -84,13 +85,13 @@ impl SshError {
     /// The wire form, for job results and audit records.
     #[must_use]
     pub fn to_info(&self) -> ErrorInfo {
-        ErrorInfo::with_message(self.code, self.message.clone())
+        self.error.to_info()
     }
 
     /// Prefixes the message with where it happened (`router core-1: …`).
     #[must_use]
     pub fn context(mut self, what: impl fmt::Display) -> Self {
-        self.message = format!("{what}: {}", self.message);
+        self.error = self.error.context(what);
         self
     }
 }
