@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
@@ -49,6 +49,8 @@ const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 enum Out {
     /// Reply bytes and their share of the connection's [`MAX_UNSENT`] budget.
     Data(Vec<u8>, OwnedSemaphorePermit),
+    /// Answer once everything queued before is written to the socket.
+    Flushed(oneshot::Sender<()>),
     Close,
 }
 
@@ -75,6 +77,14 @@ impl Sender {
             return;
         };
         let _ = self.tx.send(Out::Data(data, permit));
+    }
+
+    /// Waits until everything queued so far is written out (or the connection is gone).
+    async fn flushed(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Out::Flushed(done)).is_ok() {
+            let _ = wait.await;
+        }
     }
 
     fn close(&self) {
@@ -143,6 +153,13 @@ async fn writer<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::UnboundedReceiver<Out
                     return;
                 }
                 drop(permit);
+            }
+            Out::Flushed(done) => {
+                if w.flush().await.is_err() {
+                    return;
+                }
+                let _ = done.send(());
+                continue;
             }
             Out::Close => {
                 let _ = w.flush().await;
@@ -513,8 +530,8 @@ impl Task {
             }
             Effect::RebootAfterReply => {
                 self.finish(out).await;
-                // Let the writer flush the reply before the connections close.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // The reply reaches the client before the reboot closes the connection.
+                self.tx.flushed().await;
                 self.router.reboot(None);
             }
             Effect::CheckForUpdates => {
