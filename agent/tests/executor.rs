@@ -450,10 +450,13 @@ async fn a_persistent_fault_dead_letters_then_self_heals() {
         let last = rig.updates(id).pop().unwrap();
         assert_eq!(last.status, JobStatus::Failed);
         assert_eq!(last.error.unwrap().code.class(), ErrorClass::Transient);
-        // Not before its time, even with the fault gone.
+        // Not before its time, even with the fault gone: the queue's next moment for it is
+        // the heal time, so the executor has nothing to take until the clock reaches it.
         rig.clear_faults(0);
         rig.clock.advance(Duration::from_secs(60));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(rig.clock.now() < heal_at);
+        assert_eq!(rig.queue.next_due(), Some(heal_at));
+        assert_eq!(rig.queue.take_ready(rig.clock.now()).unwrap(), None);
         assert_eq!(rig.get(id).status, JobStatus::Failed);
         rig.clock.set(heal_at);
         let healed = rig.wait_status(id, JobStatus::Succeeded).await;
