@@ -9,6 +9,7 @@
 //!
 //! - [`ids`]: typed UUIDv7 ids (tenant, agent, router, subscriber, job, drift).
 //! - [`time`]: [`UnixMillis`], the one wire representation of a point in time.
+//! - [`seal`]: sealed boxes that carry router passwords from the controller to one agent.
 //! - [`secret`]: [`Secret`], a string that never shows up in `Debug` or logs.
 //! - [`error`]: [`ErrorCode`] (stable snake_case codes) and the [`ErrorInfo`] wire struct.
 //! - [`domain`]: desired router state: profiles, PPP secrets, hotspot users,
@@ -33,6 +34,7 @@ pub mod ids;
 pub mod job;
 pub mod protocol;
 pub mod record;
+pub mod seal;
 pub mod secret;
 pub mod session;
 pub mod time;

@@ -1,0 +1,152 @@
+//! What the hub needs from storage. The SQL store (`crate::db`) implements it; the hub never
+//! sees SQL, and storage never sees a socket.
+//!
+//! Every method is scoped by the agent it is called for: an agent only ever reads its own
+//! tenant's routers, desired states and jobs.
+
+use std::future::Future;
+
+use tikfleet_shared::domain::DesiredState;
+use tikfleet_shared::job::Job;
+use tikfleet_shared::protocol::RouterGenerations;
+use tikfleet_shared::record::OutboxRecord;
+use tikfleet_shared::{AgentId, RouterId, TenantId, UnixMillis};
+
+/// Who an agent is, as enrollment recorded it.
+#[derive(Clone, Debug)]
+pub struct AgentIdentity {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// The one tenant it serves.
+    pub tenant_id: TenantId,
+    /// Its name, for logs.
+    pub name: String,
+    /// Its registered Ed25519 public keys (more than one only while a rotation completes).
+    pub keys: Vec<AgentKey>,
+    /// Revoked agents are refused, also on a live connection.
+    pub revoked: bool,
+}
+
+/// One registered identity key.
+#[derive(Clone, Debug)]
+pub struct AgentKey {
+    /// The id the agent names in its hello proof.
+    pub key_id: String,
+    /// Ed25519 public key, 32 bytes.
+    pub public_key: Vec<u8>,
+}
+
+/// TLS settings of a router's API, as staff entered them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouterTlsSetting {
+    /// Plain API (8728).
+    Plain,
+    /// API-SSL verified against a CA (PEM) or the system roots when `None`.
+    Verify {
+        /// CA certificate(s), PEM.
+        ca_pem: Option<String>,
+        /// Name to verify instead of the address.
+        server_name: Option<String>,
+    },
+    /// API-SSL with a pinned SHA-256 certificate fingerprint (self-signed routers).
+    Pin {
+        /// Hex SHA-256 of the router's certificate.
+        sha256: String,
+    },
+}
+
+/// A router an agent serves, with the login sealed to that agent's seal key.
+#[derive(Clone, Debug)]
+pub struct RouterForAgent {
+    /// The router.
+    pub router_id: RouterId,
+    /// Its tenant (the agent's).
+    pub tenant_id: TenantId,
+    /// Its name.
+    pub name: String,
+    /// Host name or IP address.
+    pub address: String,
+    /// API port (plain or TLS per `tls`).
+    pub api_port: u16,
+    /// SSH port.
+    pub ssh_port: u16,
+    /// TLS settings.
+    pub tls: RouterTlsSetting,
+    /// Login name.
+    pub username: String,
+    /// The password, sealed to the agent's seal key (`tikfleet_shared::seal`); the controller
+    /// cannot open it.
+    pub sealed_password: Vec<u8>,
+    /// Bumped on every change of the row; the agent keeps the highest it has seen.
+    pub revision: u64,
+    /// The router was deleted: the agent forgets it.
+    pub removed: bool,
+}
+
+/// Storage operations of the hub. Implemented by the SQL store; cheap to clone.
+pub trait HubStore: Clone + Send + Sync + 'static {
+    /// The agent's identity, or `None` if no such agent was ever enrolled.
+    fn agent_identity(
+        &self,
+        agent: AgentId,
+    ) -> impl Future<Output = anyhow::Result<Option<AgentIdentity>>> + Send;
+
+    /// The agent completed its hello: remember when, its software version and the
+    /// generations it reports per router (the API shows desired versus applied).
+    fn agent_connected(
+        &self,
+        agent: AgentId,
+        at: UnixMillis,
+        agent_version: &str,
+        routers: &[RouterGenerations],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// The agent's connection ended.
+    fn agent_disconnected(
+        &self,
+        agent: AgentId,
+        at: UnixMillis,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Every router the agent serves, removed ones included (as tombstones with their revision).
+    fn routers_for_agent(
+        &self,
+        agent: AgentId,
+    ) -> impl Future<Output = anyhow::Result<Vec<RouterForAgent>>> + Send;
+
+    /// For each router of the agent, its newest desired state if its generation is higher than
+    /// what `known` says the agent stores (a router missing from `known` counts as 0).
+    fn desired_states(
+        &self,
+        agent: AgentId,
+        known: &[RouterGenerations],
+    ) -> impl Future<Output = anyhow::Result<Vec<DesiredState>>> + Send;
+
+    /// Jobs for the agent's routers that the agent has not acknowledged yet, oldest first.
+    fn undelivered_jobs(
+        &self,
+        agent: AgentId,
+    ) -> impl Future<Output = anyhow::Result<Vec<Job>>> + Send;
+
+    /// The agent acknowledged (stored durably) these jobs.
+    fn jobs_delivered(
+        &self,
+        agent: AgentId,
+        jobs: &[tikfleet_shared::JobId],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// The highest outbox seq of this agent committed so far (0 = none).
+    fn records_committed(&self, agent: AgentId)
+    -> impl Future<Output = anyhow::Result<u64>> + Send;
+
+    /// Commit the agent's outbox records in one transaction: each record's effect (audit row,
+    /// job status, applied generation, ...) and the new committed seq. Records whose seq is at
+    /// or below the committed seq are ignored (already taken), so a resend takes effect once.
+    /// `records` are in seq order and contiguous from committed + 1. Returns the new committed
+    /// seq, which the hub then acks.
+    fn commit_records(
+        &self,
+        agent: AgentId,
+        records: &[(u64, OutboxRecord)],
+    ) -> impl Future<Output = anyhow::Result<u64>> + Send;
+}
