@@ -14,6 +14,7 @@
 //! - [`error`]: [`ErrorCode`] (stable snake_case codes) and the [`ErrorInfo`] wire struct.
 //! - [`domain`]: desired router state: profiles, PPP secrets, hotspot users,
 //!   address-list entries, subscriber lifecycle times.
+//! - [`enroll`]: the JSON of enrollment and identity-key rotation.
 //! - [`job`]: one-off router operations, their priority and status updates.
 //! - [`record`]: what the agent's durable outbox carries: audit, telemetry, drift, job
 //!   updates, apply reports.
@@ -29,6 +30,7 @@
 
 pub mod codec;
 pub mod domain;
+pub mod enroll;
 pub mod error;
 pub mod ids;
 pub mod job;
