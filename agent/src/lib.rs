@@ -28,7 +28,7 @@
 
 pub mod audit;
 pub mod cli;
-pub mod clock;
+pub use tikfleet_clock as clock;
 pub mod config;
 pub mod executor;
 pub mod hostkeys;

@@ -3,6 +3,7 @@
 //!
 //! It depends on `tikfleet-shared` only (never on the agent).
 
+pub use tikfleet_clock as clock;
 pub mod hub;
 
 /// The highest agent⇄controller protocol version this controller speaks.

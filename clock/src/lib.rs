@@ -1,6 +1,6 @@
-//! Time, injectable: everything in the agent that schedules (retry backoff, token buckets,
-//! lifecycle deadlines, probes) asks a [`Clock`] instead of the system, so tests move time by
-//! hand and never sleep.
+//! Time, injectable: everything in the agent and the controller that schedules (retry
+//! backoff, token buckets, lifecycle deadlines, probes, token expiry) asks a [`Clock`] instead
+//! of the system, so tests move time by hand and never sleep.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +14,7 @@ use tokio::sync::watch;
 /// A future that completes when the clock reaches a moment.
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Where the agent gets the time from.
+/// Where the agent and the controller get the time from.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Now, as wall-clock milliseconds.
     fn now(&self) -> UnixMillis;
