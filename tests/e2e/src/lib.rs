@@ -2,3 +2,4 @@
 //! holds only helpers they share.
 
 pub mod mikrotik_scenario;
+pub mod proxy;
