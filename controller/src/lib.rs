@@ -4,6 +4,12 @@
 //! It depends on `tikfleet-shared` only (never on the agent).
 
 pub use tikfleet_clock as clock;
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod compile;
+pub mod crypto;
+pub mod db;
 pub mod hub;
 
 /// The highest agent⇄controller protocol version this controller speaks.

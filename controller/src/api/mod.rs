@@ -1,0 +1,171 @@
+//! The staff HTTP API under `/api/v1` (axum), with its OpenAPI document at
+//! `/api/v1/openapi.json`.
+//!
+//! Handlers are thin: they authenticate ([`extract::Auth`]), check values at the edge
+//! ([`validate`]), call one storage method with the caller's scope, and map the result to a
+//! DTO. Tenant isolation is the storage layer's ([`crate::db::Scope`]); errors become the
+//! one JSON shape in [`error`].
+//!
+//! One file per resource: `tenants` (and their staff and enrollment tokens), `agents`
+//! (including enrollment and key rotation), `routers`, `plans`, `subscribers`, `jobs`,
+//! `audit`.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi};
+
+use crate::app::AppState;
+use crate::db::PageRequest;
+
+pub mod agents;
+pub mod audit;
+pub mod error;
+pub mod extract;
+pub mod jobs;
+pub mod plans;
+pub mod routers;
+pub mod subscribers;
+pub mod tenants;
+pub mod validate;
+
+pub use error::ApiError;
+
+/// The largest request body the API reads.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Pagination of a list without other filters.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size (1 to 500, default 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl ListQuery {
+    fn page(&self) -> Result<PageRequest, ApiError> {
+        Ok(PageRequest::parse(self.limit, self.cursor.as_deref())?)
+    }
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of the API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tikfleet controller API", description = "Staff API of the tikfleet controller. See docs/api.md."),
+    paths(
+        tenants::create, tenants::list, tenants::show, tenants::create_token, tenants::list_tokens,
+        tenants::revoke_token, tenants::create_enrollment_token,
+        agents::list, agents::show, agents::revoke, agents::enroll, agents::rotate_key,
+        routers::create, routers::list, routers::show, routers::update, routers::delete, routers::sync,
+        plans::create, plans::list, plans::show, plans::update, plans::delete,
+        subscribers::create, subscribers::list, subscribers::show, subscribers::update,
+        subscribers::delete, subscribers::suspend, subscribers::resume,
+        jobs::list, jobs::show, jobs::requeue, jobs::cancel,
+        audit::list,
+    ),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "tenants"), (name = "agents"), (name = "routers"), (name = "plans"),
+        (name = "subscribers"), (name = "jobs"), (name = "audit"),
+    )
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match ApiDoc::openapi().to_json() {
+        Ok(json) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response(),
+        Err(_) => {
+            ApiError::for_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR).into_response()
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::for_status(axum::http::StatusCode::NOT_FOUND)
+}
+
+/// The `/api/v1` routes, with the body limit and JSON errors for every response.
+pub fn routes(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/tenants", post(tenants::create).get(tenants::list))
+        .route("/tenants/{id}", get(tenants::show))
+        .route(
+            "/tenants/{id}/tokens",
+            post(tenants::create_token).get(tenants::list_tokens),
+        )
+        .route(
+            "/tenants/{id}/tokens/{token_id}",
+            axum::routing::delete(tenants::revoke_token),
+        )
+        .route(
+            "/tenants/{id}/enrollment-tokens",
+            post(tenants::create_enrollment_token),
+        )
+        .route("/agents", get(agents::list))
+        .route("/agents/enroll", post(agents::enroll))
+        .route("/agents/{id}", get(agents::show))
+        .route("/agents/{id}/revoke", post(agents::revoke))
+        .route("/agents/{id}/keys", post(agents::rotate_key))
+        .route("/routers", post(routers::create).get(routers::list))
+        .route(
+            "/routers/{id}",
+            get(routers::show)
+                .patch(routers::update)
+                .delete(routers::delete),
+        )
+        .route("/routers/{id}/sync", get(routers::sync))
+        .route("/plans", post(plans::create).get(plans::list))
+        .route(
+            "/plans/{id}",
+            get(plans::show).patch(plans::update).delete(plans::delete),
+        )
+        .route(
+            "/subscribers",
+            post(subscribers::create).get(subscribers::list),
+        )
+        .route(
+            "/subscribers/{id}",
+            get(subscribers::show)
+                .patch(subscribers::update)
+                .delete(subscribers::delete),
+        )
+        .route("/subscribers/{id}/suspend", post(subscribers::suspend))
+        .route("/subscribers/{id}/resume", post(subscribers::resume))
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{id}", get(jobs::show))
+        .route("/jobs/{id}/requeue", post(jobs::requeue))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/audit", get(audit::list))
+        .route("/openapi.json", get(openapi));
+    Router::new()
+        .nest("/api/v1", v1)
+        .fallback(not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // A handler that panicked answers 500 (in the JSON shape, from the layer below).
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::map_response(extract::json_errors))
+}

@@ -1,0 +1,351 @@
+//! Jobs: one-off router operations queued for an agent, and what the agent reported about
+//! them. The operation is stored encrypted (it can carry a subscriber's password).
+
+use tikfleet_shared::job::{Job, JobOp, JobStatus, Priority, Progress};
+use tikfleet_shared::record::AuditParams;
+use tikfleet_shared::{ErrorInfo, JobId, RouterId, TenantId, UnixMillis};
+
+use super::sql::Sql;
+use super::{Db, DbError, Page, PageRequest, RowExt as _, Scope, Staff, audit_staff, unique_as};
+use crate::crypto::AtRestKey;
+
+/// Attempts before the agent dead-letters a job.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// A job as staff see it (without its operation, which may hold a secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRecord {
+    /// Its id.
+    pub id: JobId,
+    /// Its tenant.
+    pub tenant_id: TenantId,
+    /// The router it runs on.
+    pub router_id: RouterId,
+    /// The operation's name (`upsert_ppp_secret`, ...).
+    pub kind: String,
+    /// Where it is.
+    pub status: JobStatus,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Progress.
+    pub progress: Progress,
+    /// The last error.
+    pub error: Option<ErrorInfo>,
+    /// Short result text from the agent.
+    pub detail: Option<String>,
+    /// Queue priority.
+    pub priority: Priority,
+    /// Its idempotency key.
+    pub idempotency_key: String,
+    /// When the agent acknowledged it, if it did.
+    pub delivered_at: Option<UnixMillis>,
+    /// When it was created.
+    pub created_at: UnixMillis,
+    /// When it last changed.
+    pub updated_at: UnixMillis,
+}
+
+/// Filters of the job list.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    /// Only this router's jobs.
+    pub router_id: Option<RouterId>,
+    /// Only jobs with this status.
+    pub status: Option<JobStatus>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
+}
+
+/// A status's stored name.
+#[must_use]
+pub fn status_name(s: JobStatus) -> &'static str {
+    match s {
+        JobStatus::Queued => "queued",
+        JobStatus::Running => "running",
+        JobStatus::Retrying => "retrying",
+        JobStatus::Succeeded => "succeeded",
+        JobStatus::Failed => "failed",
+        JobStatus::Cancelled => "cancelled",
+    }
+}
+
+/// Parses a status name.
+#[must_use]
+pub fn parse_status(s: &str) -> Option<JobStatus> {
+    [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Retrying,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ]
+    .into_iter()
+    .find(|x| status_name(*x) == s)
+}
+
+/// A priority's stored name.
+#[must_use]
+pub fn priority_name(p: Priority) -> &'static str {
+    match p {
+        Priority::Critical => "critical",
+        Priority::Normal => "normal",
+        Priority::Bulk => "bulk",
+    }
+}
+
+fn parse_priority(s: &str) -> Option<Priority> {
+    [Priority::Critical, Priority::Normal, Priority::Bulk]
+        .into_iter()
+        .find(|x| priority_name(*x) == s)
+}
+
+pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, router_id, kind, op, idempotency_key, priority, \
+     max_attempts, status, attempts, progress_done, progress_total, error, detail, delivered_at, \
+     created_at, updated_at";
+
+pub(crate) fn op_context(id: JobId) -> String {
+    format!("job.op:{id}")
+}
+
+pub(crate) fn job_record(row: &sqlx::any::AnyRow) -> Result<JobRecord, DbError> {
+    let status = row.text("status")?;
+    let priority = row.text("priority")?;
+    Ok(JobRecord {
+        id: row.parse("id")?,
+        tenant_id: row.parse("tenant_id")?,
+        router_id: row.parse("router_id")?,
+        kind: row.text("kind")?,
+        status: parse_status(&status)
+            .ok_or_else(|| DbError::Corrupt(format!("job status {status:?}")))?,
+        attempts: u32::try_from(row.int("attempts")?).unwrap_or(u32::MAX),
+        progress: Progress {
+            done: row.uint("progress_done")?,
+            total: row.uint("progress_total")?,
+        },
+        error: row
+            .opt_text("error")?
+            .map(|e| serde_json::from_str(&e).map_err(|_| DbError::Corrupt("job error".into())))
+            .transpose()?,
+        detail: row.opt_text("detail")?,
+        priority: parse_priority(&priority)
+            .ok_or_else(|| DbError::Corrupt(format!("job priority {priority:?}")))?,
+        idempotency_key: row.text("idempotency_key")?,
+        delivered_at: row.opt_millis("delivered_at")?,
+        created_at: row.millis("created_at")?,
+        updated_at: row.millis("updated_at")?,
+    })
+}
+
+/// The wire job of a row, with its operation decrypted.
+pub(crate) fn wire_job(key: &AtRestKey, row: &sqlx::any::AnyRow) -> Result<Job, DbError> {
+    let r = job_record(row)?;
+    let plain = key.decrypt(&op_context(r.id), &row.text("op")?)?;
+    let op: JobOp =
+        serde_json::from_slice(&plain).map_err(|_| DbError::Corrupt("job op".into()))?;
+    Ok(Job {
+        id: r.id,
+        tenant_id: r.tenant_id,
+        router_id: r.router_id,
+        idempotency_key: r.idempotency_key,
+        priority: r.priority,
+        op,
+        created_at: r.created_at,
+        max_attempts: u32::try_from(row.int("max_attempts")?).unwrap_or(DEFAULT_MAX_ATTEMPTS),
+    })
+}
+
+/// A job to queue.
+pub(crate) struct NewJob<'a> {
+    pub(crate) tenant: TenantId,
+    pub(crate) router: RouterId,
+    pub(crate) idempotency_key: String,
+    pub(crate) priority: Priority,
+    pub(crate) op: &'a JobOp,
+    pub(crate) now: UnixMillis,
+}
+
+/// Queues a job inside a transaction; its operation is encrypted at rest.
+pub(crate) async fn insert_job(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    key: &AtRestKey,
+    job: NewJob<'_>,
+) -> Result<JobId, DbError> {
+    let NewJob {
+        tenant,
+        router,
+        idempotency_key,
+        priority,
+        op,
+        now,
+    } = job;
+    let id = JobId::new();
+    let json = zeroize::Zeroizing::new(
+        serde_json::to_vec(op).map_err(|e| DbError::Corrupt(e.to_string()))?,
+    );
+    let sealed = key.encrypt(&op_context(id), &json)?;
+    let mut q = Sql::new(
+        "INSERT INTO jobs (id, tenant_id, router_id, kind, op, idempotency_key, priority, max_attempts, \
+         status, created_at, updated_at) VALUES (",
+    );
+    q.bind(id.to_string())
+        .push(", ")
+        .bind(tenant.to_string())
+        .push(", ")
+        .bind(router.to_string())
+        .push(", ")
+        .bind(op.name().to_owned())
+        .push(", ")
+        .bind(sealed)
+        .push(", ")
+        .bind(idempotency_key.clone())
+        .push(", ")
+        .bind(priority_name(priority).to_owned())
+        .push(", ")
+        .bind(i64::from(DEFAULT_MAX_ATTEMPTS))
+        .push(", 'queued', ")
+        .bind(now.as_millis())
+        .push(", ")
+        .bind(now.as_millis())
+        .push(")");
+    q.execute(&mut **tx).await.map_err(unique_as(format!(
+        "a job with idempotency key {idempotency_key:?} already exists"
+    )))?;
+    Ok(id)
+}
+
+impl Db {
+    /// Jobs visible in `scope`, filtered.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn list_jobs(
+        &self,
+        scope: &Scope,
+        filter: &JobFilter,
+        page: &PageRequest,
+    ) -> Result<Page<JobRecord>, DbError> {
+        let mut q = Sql::new("SELECT ");
+        q.push(JOB_COLUMNS).push(" FROM jobs WHERE 1 = 1");
+        scope.filter(&mut q, "tenant_id");
+        if let Some(r) = filter.router_id {
+            q.push(" AND router_id = ").bind(r.to_string());
+        }
+        if let Some(s) = filter.status {
+            q.push(" AND status = ").bind(status_name(s).to_owned());
+        }
+        if let Some(k) = &filter.kind {
+            q.push(" AND kind = ").bind(k.clone());
+        }
+        page.apply(&mut q, "id");
+        let rows = q.fetch_all(self.pool()).await?;
+        let items = rows.iter().map(job_record).collect::<Result<Vec<_>, _>>()?;
+        Ok(page.finish(items, |j| j.id.to_string()))
+    }
+
+    /// One job, if visible in `scope`.
+    ///
+    /// # Errors
+    /// Not found (or not visible), or the database failed.
+    pub async fn get_job(&self, scope: &Scope, id: JobId) -> Result<JobRecord, DbError> {
+        let mut q = Sql::new("SELECT ");
+        q.push(JOB_COLUMNS)
+            .push(" FROM jobs WHERE id = ")
+            .bind(id.to_string());
+        scope.filter(&mut q, "tenant_id");
+        let row = q
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(DbError::NotFound("job"))?;
+        job_record(&row)
+    }
+
+    /// Puts a failed or cancelled job back in the queue: attempts start again from zero and
+    /// it is delivered to the agent again.
+    ///
+    /// # Errors
+    /// Not found (or not visible), not failed or cancelled, or the database failed.
+    pub async fn requeue_job(&self, staff: &Staff, id: JobId) -> Result<JobRecord, DbError> {
+        self.change_job(staff, id, "job.requeue", |status| {
+            if matches!(status, JobStatus::Failed | JobStatus::Cancelled) {
+                Ok("UPDATE jobs SET status = 'queued', attempts = 0, progress_done = 0, error = NULL, \
+                    detail = NULL, delivered_at = NULL, updated_at = ")
+            } else {
+                Err(DbError::Conflict(format!(
+                    "only a failed or cancelled job can be re-queued; this one is {}",
+                    status_name(status)
+                )))
+            }
+        })
+        .await
+    }
+
+    /// Cancels a job that has not finished.
+    ///
+    /// # Errors
+    /// Not found (or not visible), already finished, or the database failed.
+    pub async fn cancel_job(&self, staff: &Staff, id: JobId) -> Result<JobRecord, DbError> {
+        self.change_job(staff, id, "job.cancel", |status| {
+            if status.is_terminal() {
+                Err(DbError::Conflict(format!(
+                    "the job already finished ({}); nothing to cancel",
+                    status_name(status)
+                )))
+            } else {
+                Ok("UPDATE jobs SET status = 'cancelled', updated_at = ")
+            }
+        })
+        .await
+    }
+
+    async fn change_job(
+        &self,
+        staff: &Staff,
+        id: JobId,
+        action: &str,
+        update: impl FnOnce(JobStatus) -> Result<&'static str, DbError>,
+    ) -> Result<JobRecord, DbError> {
+        let now = self.now();
+        let mut tx = self.begin().await?;
+        let mut q = Sql::new("SELECT ");
+        q.push(JOB_COLUMNS)
+            .push(" FROM jobs WHERE id = ")
+            .bind(id.to_string());
+        staff.scope.filter(&mut q, "tenant_id");
+        let row = q
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(DbError::NotFound("job"))?;
+        let job = job_record(&row)?;
+        let mut q = Sql::new(update(job.status)?);
+        q.bind(now.as_millis())
+            .push(" WHERE id = ")
+            .bind(id.to_string());
+        q.execute(&mut *tx).await?;
+        let mut params = AuditParams::new();
+        params
+            .insert("job_id", id.to_string())
+            .insert("kind", job.kind.clone());
+        audit_staff(
+            &mut tx,
+            now,
+            Some(job.tenant_id),
+            Some(job.router_id),
+            &staff.actor,
+            action,
+            &params,
+        )
+        .await?;
+        let mut q = Sql::new("SELECT ");
+        q.push(JOB_COLUMNS)
+            .push(" FROM jobs WHERE id = ")
+            .bind(id.to_string());
+        let after = job_record(&q.fetch_one(&mut *tx).await?)?;
+        let mut q = Sql::new("SELECT agent_id FROM routers WHERE id = ");
+        q.bind(job.router_id.to_string());
+        let agent = q.fetch_one(&mut *tx).await?.parse("agent_id")?;
+        tx.commit().await?;
+        self.notify([agent]);
+        Ok(after)
+    }
+}
