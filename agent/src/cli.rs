@@ -1,4 +1,5 @@
-//! The command line: `run` (the agent itself), and what a site technician uses:
+//! The command line: `run` (the agent itself, with its uplink to the controller once
+//! enrolled), `enroll` and `rotate-key`, and what a site technician uses:
 //! `router add|list|remove|test`, `queue list|show|retry|purge-dead` and `status`.
 //!
 //! The technician's commands open the store directly, so they work with the agent stopped
@@ -17,6 +18,7 @@ use tikfleet_shared::{ErrorCode, JobId, RouterId, Secret, TenantId};
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::AgentConfig;
+use crate::identity::IdentityStore;
 use crate::queue::{JobRecord, Queue};
 use crate::registry::{Registry, RouterInfo};
 use crate::router::{RouterEndpoint, TlsMode};
@@ -50,13 +52,37 @@ pub enum Command {
     Queue(QueueCommand),
     /// Routers reachable, queue and outbox depth, last errors.
     Status,
-    /// Run the agent: execute queued jobs on the routers until SIGINT or SIGTERM.
+    /// Run the agent: execute queued jobs on the routers until SIGINT or SIGTERM, connected
+    /// to the controller once enrolled.
     Run {
         /// Stop by itself once no job is queued, running or waiting to retry (a one-shot
         /// maintenance run; dead letters waiting for self-healing do not hold it).
         #[arg(long)]
         exit_when_idle: bool,
     },
+    /// Enroll this agent with a controller, using a one-time token from staff.
+    Enroll(EnrollArgs),
+    /// Replace the agent's identity key (the controller registers the new one first).
+    RotateKey,
+}
+
+/// `enroll`.
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// The controller's base URL, e.g. `https://controller.example:8443`.
+    #[arg(long)]
+    pub controller: String,
+    /// The one-time enrollment token (or set TIKFLEET_ENROLL_TOKEN, which keeps it out of
+    /// the process list).
+    #[arg(long, env = "TIKFLEET_ENROLL_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// A name for this agent at the controller (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// CA certificate(s) (PEM) to trust for the controller, if its certificate is not from a
+    /// CA this machine already trusts.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `router …`.
@@ -229,8 +255,19 @@ from_coded!(
     crate::registry::RegistryError,
     crate::queue::QueueError,
     crate::vault::VaultError,
-    crate::outbox::OutboxError
+    crate::outbox::OutboxError,
+    crate::identity::IdentityError
 );
+
+impl From<crate::uplink::enroll::EnrollError> for CliError {
+    fn from(e: crate::uplink::enroll::EnrollError) -> Self {
+        let err = Self::new(e.code(), e.to_string());
+        match e.hint() {
+            Some(hint) => err.hint(hint),
+            None => err,
+        }
+    }
+}
 
 impl From<crate::store::StoreError> for CliError {
     fn from(e: crate::store::StoreError) -> Self {
@@ -250,6 +287,7 @@ struct Local {
     config: AgentConfig,
     store: Store,
     registry: Registry,
+    identities: IdentityStore,
     clock: SharedClock,
 }
 
@@ -281,11 +319,21 @@ impl Local {
         let store = Store::open(&store_config)?;
         let (key, _) = load_key(&KeySources::from_env(&config.data_dir))?;
         let registry = Registry::open(&store, Vault::new(&key))?;
+        let identities = IdentityStore::open(&store, Vault::new(&key))?;
         Ok(Self {
             config,
             store,
             registry,
+            identities,
             clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// The tenant of routers added on site: the configuration's, else the enrollment's.
+    fn tenant(&self) -> Result<Option<TenantId>, CliError> {
+        Ok(match self.config.tenant_id {
+            Some(t) => Some(t),
+            None => self.identities.enrollment()?.map(|e| e.tenant_id),
         })
     }
 
@@ -315,13 +363,16 @@ pub async fn run_local(
         Command::Router(cmd) => router_command(&local, cmd, out).await,
         Command::Queue(cmd) => queue_command(&local, cmd, out).await,
         Command::Status => status(&local, out).await,
+        Command::Enroll(args) => enroll(&local, args, out).await,
+        Command::RotateKey => rotate_key(&local, out).await,
     };
     // Whatever happened, what was written is made durable before the process ends.
     local.store.commit().await?;
     result
 }
 
-/// `run`: the executor over this data folder's queue, registry and outbox.
+/// `run`: the executor over this data folder's queue, registry and outbox, and the uplink to
+/// the controller when the agent is enrolled (and not revoked).
 async fn run_agent(
     local: Local,
     exit_when_idle: bool,
@@ -330,6 +381,7 @@ async fn run_agent(
 ) -> Result<(), CliError> {
     use crate::executor::{Executor, ExecutorConfig, RetryPolicy};
     use crate::ratelimit::Rate;
+    use crate::uplink::{Parts, Uplink, UplinkEnd};
 
     let queue = Arc::new(local.queue()?);
     let outbox = Arc::new(crate::outbox::Outbox::open(
@@ -355,26 +407,87 @@ async fn run_agent(
     };
     let routers = local.registry.list()?.len();
     let counts = queue.counts();
+    let registry = Arc::new(local.registry);
     let executor = Executor::new(
         Arc::clone(&queue),
-        outbox,
-        Arc::new(local.registry),
+        Arc::clone(&outbox),
+        Arc::clone(&registry) as Arc<dyn crate::executor::Routers>,
         local.clock.clone(),
         config,
     );
+
+    let enrollment = local.identities.enrollment()?;
+    let revoked = local.identities.uplink()?.revoked;
+    let (uplink, controller) = match (&enrollment, &revoked) {
+        (None, _) => (None, "not enrolled with a controller".to_owned()),
+        (Some(_), Some(reason)) => (
+            None,
+            format!("REVOKED by the controller ({reason}); not connecting"),
+        ),
+        (Some(e), None) if !local.config.uplink.enabled => (
+            None,
+            format!("uplink to {} disabled in the configuration", e.hub_url),
+        ),
+        (Some(e), None) => {
+            let parts = Parts {
+                store: local.store.clone(),
+                identities: Arc::new(local.identities),
+                registry,
+                queue: Arc::clone(&queue),
+                outbox,
+                desired: Arc::new(crate::desired::DesiredStore::open(&local.store)?),
+                clock: local.clock.clone(),
+            };
+            let uplink = Uplink::new(parts, local.config.uplink.uplink_config()).map_err(|e| {
+                CliError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("cannot start the uplink: {e}"),
+                )
+            })?;
+            (
+                Some(uplink),
+                format!("controller {} as agent {}", e.hub_url, e.agent_id),
+            )
+        }
+    };
     writeln!(
         out,
-        "tikfleet-agent running: data {}, {routers} router(s), {} job(s) waiting",
+        "tikfleet-agent running: data {}, {controller}, {routers} router(s), {} job(s) waiting",
         local.config.data_dir.display(),
         counts.queued + counts.retrying + counts.running,
     )
     .map_err(write_err)?;
     out.flush().map_err(write_err)?;
-    if exit_when_idle {
-        executor.run_until_idle(shutdown).await;
-    } else {
-        executor.run(shutdown).await;
-    }
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let run_executor = async {
+        if exit_when_idle {
+            executor.run_until_idle(wait_stop(stopped.clone())).await;
+        } else {
+            executor.run(wait_stop(stopped.clone())).await;
+        }
+        // An idle one-shot run ends the uplink too.
+        let _ = stop.send(true);
+    };
+    let run_uplink = async {
+        match uplink {
+            Some(mut uplink) => Some(uplink.run(stopped.clone()).await),
+            None => None,
+        }
+    };
+    let signal = async {
+        let mut rx = stopped.clone();
+        tokio::select! {
+            () = shutdown => {
+                let _ = stop.send(true);
+            }
+            _ = rx.wait_for(|s| *s) => {}
+        }
+    };
+    let ((), uplink_end, ()) = tokio::join!(run_executor, run_uplink, signal);
     local.store.commit().await?;
     let counts = queue.counts();
     writeln!(
@@ -383,6 +496,73 @@ async fn run_agent(
         counts.queued + counts.retrying + counts.running,
         counts.failed,
         counts.succeeded,
+    )
+    .map_err(write_err)?;
+    if let Some(UplinkEnd::Revoked(reason)) = uplink_end {
+        writeln!(out, "the controller revoked this agent: {reason}").map_err(write_err)?;
+    }
+    Ok(())
+}
+
+/// `enroll`: keys, the controller's answer, stored.
+async fn enroll(local: &Local, args: &EnrollArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let ca_pem = args
+        .ca_file
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path).map_err(|e| {
+                CliError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("cannot read the CA file {}: {e}", path.display()),
+                )
+            })
+        })
+        .transpose()?;
+    if args.token.trim().is_empty() {
+        return Err(
+            CliError::new(ErrorCode::InvalidRequest, "the enrollment token is empty")
+                .hint("staff create one with POST /api/v1/tenants/{id}/enrollment-tokens"),
+        );
+    }
+    let options = crate::uplink::enroll::EnrollOptions {
+        controller_url: args.controller.clone(),
+        token: Secret::new(args.token.trim()),
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(crate::uplink::enroll::host_name),
+        ca_pem,
+    };
+    let e = crate::uplink::enroll::enroll(&local.identities, options).await?;
+    writeln!(
+        out,
+        "enrolled: agent {} of tenant {}, hub {}{}",
+        e.agent_id,
+        e.tenant_id,
+        e.hub_url,
+        if e.hub_ca_pem.is_some() {
+            " (its self-signed certificate is pinned)"
+        } else {
+            ""
+        }
+    )
+    .map_err(write_err)?;
+    Ok(())
+}
+
+/// `rotate-key`.
+async fn rotate_key(local: &Local, out: &mut dyn Write) -> Result<(), CliError> {
+    if let Some(reason) = local.identities.uplink()?.revoked {
+        return Err(CliError::new(
+            ErrorCode::PermissionDenied,
+            format!("the controller revoked this agent ({reason})"),
+        )
+        .hint("a revoked agent cannot rotate its key; enroll again from a fresh data folder"));
+    }
+    let key_id = crate::uplink::enroll::rotate_key(&local.identities, local.clock.now()).await?;
+    writeln!(
+        out,
+        "rotated the identity key: the controller now knows it as {key_id}"
     )
     .map_err(write_err)?;
     Ok(())
@@ -439,7 +619,7 @@ async fn router_command(
 }
 
 fn new_router(local: &Local, add: &AddRouter) -> Result<RouterEndpoint, CliError> {
-    let tenant = add.tenant.or(local.config.tenant_id).ok_or_else(|| {
+    let tenant = add.tenant.or(local.tenant()?).ok_or_else(|| {
         CliError::new(
             ErrorCode::InvalidRequest,
             "this agent has no tenant yet, so the router cannot be assigned to one",
@@ -745,7 +925,8 @@ async fn status(local: &Local, out: &mut dyn Write) -> Result<(), CliError> {
     let outbox = crate::outbox::Outbox::open(&local.store, outbox_config(&local.config))?;
     let ob = outbox.stats();
     let store = local.store.stats()?;
-    let mut text = vec![format!("routers: {}", routers.len())];
+    let mut text = vec![controller_line(local)?];
+    text.push(format!("routers: {}", routers.len()));
     text.extend(lines);
     text.push(format!(
         "queue: {} queued, {} running, {} retrying, {} failed, {} succeeded",
@@ -789,6 +970,34 @@ async fn status(local: &Local, out: &mut dyn Write) -> Result<(), CliError> {
         writeln!(out, "{line}").map_err(write_err)?;
     }
     Ok(())
+}
+
+/// The controller line of `status`: enrolled or not, revoked, last connection.
+fn controller_line(local: &Local) -> Result<String, CliError> {
+    let Some(e) = local.identities.enrollment()? else {
+        return Ok(
+            "controller: not enrolled (tikfleet-agent enroll --controller URL --token TOKEN)"
+                .to_owned(),
+        );
+    };
+    let record = local.identities.uplink()?;
+    if let Some(reason) = record.revoked {
+        return Ok(format!(
+            "controller: REVOKED ({reason}); agent {} no longer connects to {} — enroll again from a fresh data folder",
+            e.agent_id, e.hub_url
+        ));
+    }
+    let last = match record.last_connected {
+        Some(at) => format!(
+            "last connected {} s ago",
+            local.clock.now().duration_since(at).as_secs()
+        ),
+        None => "never connected yet".to_owned(),
+    };
+    Ok(format!(
+        "controller: {} as agent {} (tenant {}, key {}), {last}",
+        e.hub_url, e.agent_id, e.tenant_id, e.key_id
+    ))
 }
 
 fn outbox_config(config: &AgentConfig) -> crate::outbox::OutboxConfig {

@@ -27,6 +27,11 @@
 //!
 //! [retry]
 //! max_attempts = 3
+//!
+//! [uplink]
+//! enabled = true                     # connect to the controller once enrolled
+//! reconnect_min_ms = 1000            # first reconnect step; doubles (with jitter) …
+//! reconnect_max_ms = 60000           # … up to this
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -81,6 +86,43 @@ pub struct AgentConfig {
     /// Job retries.
     #[serde(default)]
     pub retry: RetrySection,
+    /// The link to the controller.
+    #[serde(default)]
+    pub uplink: UplinkSection,
+}
+
+/// `[uplink]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkSection {
+    /// Connect to the controller when the agent is enrolled.
+    pub enabled: bool,
+    /// First reconnect delay step, in milliseconds.
+    pub reconnect_min_ms: u64,
+    /// Largest reconnect delay step, in milliseconds.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for UplinkSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            reconnect_min_ms: 1_000,
+            reconnect_max_ms: 60_000,
+        }
+    }
+}
+
+impl UplinkSection {
+    /// As the uplink takes it.
+    #[must_use]
+    pub fn uplink_config(&self) -> crate::uplink::UplinkConfig {
+        crate::uplink::UplinkConfig {
+            reconnect_min: Duration::from_millis(self.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(self.reconnect_max_ms.max(self.reconnect_min_ms)),
+            ..crate::uplink::UplinkConfig::default()
+        }
+    }
 }
 
 /// `[store]`.
@@ -198,6 +240,7 @@ impl Default for AgentConfig {
             limits: LimitsSection::default(),
             driver: DriverSection::default(),
             retry: RetrySection::default(),
+            uplink: UplinkSection::default(),
         }
     }
 }
@@ -232,6 +275,12 @@ mod tests {
         assert_eq!(c.limits.router_concurrency, 4);
         assert_eq!(c.retry.max_attempts, 3);
         assert!(c.tenant_id.is_none());
+        assert!(c.uplink.enabled);
+        let u = AgentConfig::parse("[uplink]\nenabled = false\nreconnect_max_ms = 5000\n")
+            .expect("valid")
+            .uplink;
+        assert!(!u.enabled);
+        assert_eq!(u.uplink_config().reconnect_max, Duration::from_secs(5));
     }
 
     #[test]

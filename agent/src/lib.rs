@@ -22,6 +22,11 @@
 //! - [`hostkeys`]: SSH host keys pinned on first use, kept in the store.
 //! - [`ssh`]: the SSH driver (libssh2 in blocking tasks): `/export`, console commands, SFTP
 //!   file transfer, host keys pinned on first use.
+//! - [`identity`]: who the agent is at the controller, its identity and seal keys (sealed by
+//!   the vault), and what the uplink recorded (revoked, last connected).
+//! - [`desired`]: desired state per router as the controller sent it, highest generation kept.
+//! - [`uplink`]: enrollment and key rotation over HTTPS, and the WebSocket link to the
+//!   controller's hub: receives routers, desired states and jobs, sends the outbox.
 //!
 //! The vault, durable store, queue, outbox, drivers, executor and command line are being
 //! built (issue 4). The crate depends on no tikfleet crate but `tikfleet-shared`.
@@ -30,8 +35,10 @@ pub mod audit;
 pub mod cli;
 pub use tikfleet_clock as clock;
 pub mod config;
+pub mod desired;
 pub mod executor;
 pub mod hostkeys;
+pub mod identity;
 pub mod ops;
 pub mod outbox;
 pub mod queue;
@@ -41,6 +48,7 @@ pub mod router;
 pub mod routeros;
 pub mod ssh;
 pub mod store;
+pub mod uplink;
 pub mod vault;
 
 /// The highest agent⇄controller protocol version this agent speaks.

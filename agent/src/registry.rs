@@ -421,3 +421,175 @@ impl Registry {
         Ok(count)
     }
 }
+
+/// What [`Registry::apply_remote`] did with a router the controller described.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteChange {
+    /// A new router.
+    Added,
+    /// An existing router was replaced (address, login, TLS, name…).
+    Updated,
+    /// The router was forgotten (or was not there).
+    Removed,
+    /// The revision is not newer than the one applied: nothing changed (a redelivery).
+    Stale,
+}
+
+/// Errors inside the remote-apply transaction.
+enum RemoteAbort {
+    /// The name belongs to a router added on site.
+    NameTaken,
+}
+
+fn revision_key(id: RouterId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17);
+    key.push(b'v');
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Routers the controller manages: the highest revision applied per router is kept under
+/// `v` + 16 id bytes (u64 big-endian), also after a removal, so an older message cannot bring
+/// a removed router back. Routers added on site have no revision and are never touched by
+/// the controller unless it sends a router with the same id.
+impl Registry {
+    /// The revision of the controller's description last applied to `id` (0 = none).
+    pub fn remote_revision(&self, id: RouterId) -> Result<u64, RegistryError> {
+        Ok(self
+            .tree
+            .get(revision_key(id))
+            .map_err(|e| self.store.map_sled(e))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Adds, replaces or removes `router` as the controller describes it at `revision`
+    /// (its password is sealed by the vault here). Older or equal revisions change nothing.
+    /// If the name is taken by a router added on site, the controller's router is stored as
+    /// `name~<first 8 hex digits of its id>` (logged), so both keep working.
+    ///
+    /// Not committed: the caller commits the store before acknowledging (group commit).
+    pub fn apply_remote(
+        &self,
+        router: RouterEndpoint,
+        revision: u64,
+        removed: bool,
+    ) -> Result<RemoteChange, RegistryError> {
+        let id = router.id;
+        let vkey = revision_key(id);
+        let rkey = record_key(id);
+        let rev_bytes = revision.to_be_bytes();
+        if removed {
+            let result = self.tree.transaction(|tx| {
+                let current = tx
+                    .get(&vkey)?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                    .map_or(0, u64::from_be_bytes);
+                if revision <= current && current > 0 {
+                    return Ok(RemoteChange::Stale);
+                }
+                if let Some(bytes) = tx.get(&rkey)? {
+                    tx.remove(rkey.as_slice())?;
+                    if let Ok(stored) = decode(&bytes) {
+                        tx.remove(name_key(&stored.name))?;
+                    }
+                }
+                tx.insert(vkey.as_slice(), rev_bytes.as_slice())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<RemoteAbort>>(
+                    RemoteChange::Removed,
+                )
+            });
+            return self.finish_remote(result, id, &router.name);
+        }
+        if router.name.trim().is_empty() || router.host.trim().is_empty() {
+            return Err(RegistryError::Invalid {
+                reason: "the controller sent a router without a name or host",
+            });
+        }
+        let sealed = self.vault.seal(id, &router.password)?;
+        let short: String = id.to_string().chars().take(8).collect();
+        let alternate = format!("{}~{short}", router.name);
+        let stored_for = |name: &str| StoredRouter {
+            v: 1,
+            id,
+            tenant: router.tenant,
+            name: name.to_owned(),
+            host: router.host.clone(),
+            api_port: router.api_port,
+            ssh_port: router.ssh_port,
+            tls: (&router.tls).into(),
+            username: router.username.clone(),
+            sealed_password: sealed.as_bytes().to_vec(),
+        };
+        let value = encode(&stored_for(&router.name))?;
+        let alternate_value = encode(&stored_for(&alternate))?;
+        let result = self.tree.transaction(|tx| {
+            let current = tx
+                .get(&vkey)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                .map_or(0, u64::from_be_bytes);
+            if revision <= current && current > 0 {
+                return Ok(RemoteChange::Stale);
+            }
+            let previous = tx.get(&rkey)?;
+            if let Some(old) = previous.as_ref().and_then(|b| decode(b).ok()) {
+                tx.remove(name_key(&old.name))?;
+            }
+            let owner = |name: &str| -> Result<
+                Option<sled::IVec>,
+                sled::transaction::UnabortableTransactionError,
+            > { tx.get(name_key(name)) };
+            let taken =
+                |found: Option<sled::IVec>| found.is_some_and(|o| o.as_ref() != id.as_bytes());
+            let (name, value) = if !taken(owner(&router.name)?) {
+                (router.name.as_str(), &value)
+            } else if !taken(owner(&alternate)?) {
+                (alternate.as_str(), &alternate_value)
+            } else {
+                return sled::transaction::abort(RemoteAbort::NameTaken);
+            };
+            tx.insert(name_key(name), id.as_bytes().as_slice())?;
+            tx.insert(rkey.as_slice(), value.as_slice())?;
+            tx.insert(vkey.as_slice(), rev_bytes.as_slice())?;
+            Ok(if previous.is_some() {
+                RemoteChange::Updated
+            } else {
+                RemoteChange::Added
+            })
+        });
+        let change = self.finish_remote(result, id, &router.name)?;
+        if change != RemoteChange::Stale
+            && self.find_by_name(&router.name)?.map(|r| r.id) != Some(id)
+        {
+            tracing::warn!(
+                router = %id,
+                name = %router.name,
+                stored_as = %alternate,
+                "a router added on site has this name; the controller's router is stored under another name"
+            );
+        }
+        Ok(change)
+    }
+
+    fn finish_remote(
+        &self,
+        result: sled::transaction::TransactionResult<RemoteChange, RemoteAbort>,
+        id: RouterId,
+        name: &str,
+    ) -> Result<RemoteChange, RegistryError> {
+        match result {
+            Ok(change) => {
+                tracing::debug!(router = %id, ?change, "router from the controller applied");
+                Ok(change)
+            }
+            Err(sled::transaction::TransactionError::Abort(RemoteAbort::NameTaken)) => {
+                Err(RegistryError::DuplicateName {
+                    name: name.to_owned(),
+                })
+            }
+            Err(sled::transaction::TransactionError::Storage(e)) => {
+                Err(self.store.map_sled(e).into())
+            }
+        }
+    }
+}

@@ -11,6 +11,7 @@ pub mod compile;
 pub mod crypto;
 pub mod db;
 pub mod hub;
+pub mod server;
 
 /// The highest agent⇄controller protocol version this controller speaks.
 pub const PROTOCOL_VERSION: u16 = tikfleet_shared::protocol::PROTOCOL_VERSION;

@@ -13,8 +13,8 @@
 //! then, both ways:     durable messages (seq), ack, ping / pong, close
 //! ```
 //!
-//! Durable messages ([`Message::is_durable`]): the controller's `desired_state`, `job` and
-//! `job_cancel`, and the agent's `record`s. Each carries a `seq` from the sender's
+//! Durable messages ([`Message::is_durable`]): the controller's `router_config`,
+//! `desired_state`, `job` and `job_cancel`, and the agent's `record`s. Each carries a `seq` from the sender's
 //! [`DurableStream`](crate::session::DurableStream); the receiver stores it before it acks.
 //!
 //! # Versions
@@ -258,6 +258,9 @@ pub enum Message {
     Job(Job),
     /// Controller → agent, durable: cancel a job.
     JobCancel(JobCancel),
+    /// Controller → agent, durable: how to reach one of the agent's routers (or that it was
+    /// removed), with its password sealed to the agent's seal key.
+    RouterConfig(RouterConfig),
     /// Agent → controller, durable: an outbox record.
     Record(OutboxRecord),
     /// Either way: nothing but the envelope's ack.
@@ -274,13 +277,14 @@ pub enum Message {
 
 impl Message {
     /// Every message name, in declaration order.
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 13] = [
         "challenge",
         "hello",
         "welcome",
         "desired_state",
         "job",
         "job_cancel",
+        "router_config",
         "record",
         "ack",
         "ping",
@@ -299,6 +303,7 @@ impl Message {
             Self::DesiredState(_) => "desired_state",
             Self::Job(_) => "job",
             Self::JobCancel(_) => "job_cancel",
+            Self::RouterConfig(_) => "router_config",
             Self::Record(_) => "record",
             Self::Ack(_) => "ack",
             Self::Ping(_) => "ping",
@@ -313,7 +318,11 @@ impl Message {
     pub const fn is_durable(&self) -> bool {
         matches!(
             self,
-            Self::DesiredState(_) | Self::Job(_) | Self::JobCancel(_) | Self::Record(_)
+            Self::DesiredState(_)
+                | Self::Job(_)
+                | Self::JobCancel(_)
+                | Self::RouterConfig(_)
+                | Self::Record(_)
         )
     }
 
@@ -326,6 +335,7 @@ impl Message {
             | Self::DesiredState(_)
             | Self::Job(_)
             | Self::JobCancel(_)
+            | Self::RouterConfig(_)
             | Self::Revoked(_) => Sender::Controller,
             Self::Hello(_) | Self::Record(_) => Sender::Agent,
             Self::Ack(_) | Self::Ping(_) | Self::Pong(_) | Self::Close(_) => Sender::Either,
@@ -497,6 +507,63 @@ pub enum DriftPolicy {
     ReportOnly,
     /// Report and put managed items back to their desired state.
     Repair,
+}
+
+/// How to reach one router of the agent, as staff entered it at the controller.
+///
+/// The controller pushes every router of the agent on each connection and again whenever one
+/// changes; the agent keeps the highest `revision` per router and ignores older ones, so a
+/// redelivery changes nothing. The password travels only as `sealed_password`: an anonymous
+/// sealed box ([`seal`](crate::seal)) to the agent's X25519 seal key, which the controller
+/// cannot open. Routers added on site (not through the controller) are not affected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterConfig {
+    /// The router.
+    pub router_id: RouterId,
+    /// Its tenant (the agent's).
+    pub tenant_id: TenantId,
+    /// Its name, unique per agent.
+    pub name: String,
+    /// Host name or IP address of its API.
+    pub host: String,
+    /// API port (plain or TLS per `tls`).
+    pub api_port: u16,
+    /// SSH port.
+    pub ssh_port: u16,
+    /// How the API connection is secured.
+    pub tls: RouterTls,
+    /// Login name.
+    pub username: String,
+    /// The login password, sealed to the agent's seal key.
+    #[serde(with = "serde_bytes")]
+    pub sealed_password: Vec<u8>,
+    /// Bumped on every change; the agent keeps the highest it has seen.
+    pub revision: u64,
+    /// The router was deleted at the controller: the agent forgets it.
+    pub removed: bool,
+}
+
+/// TLS settings of a router's API connection.
+///
+/// Every variant is a struct variant (even when empty), so a variant can later gain an
+/// optional field without changing its wire shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterTls {
+    /// Plain API (8728).
+    Plain {},
+    /// API-SSL, verifying the certificate against `ca_pem`.
+    Verify {
+        /// CA certificate(s), PEM.
+        ca_pem: Option<String>,
+        /// Name the certificate must carry (default: the host).
+        server_name: Option<String>,
+    },
+    /// API-SSL, accepting exactly the certificate with this SHA-256 fingerprint.
+    Pin {
+        /// Hex SHA-256 of the certificate's DER.
+        sha256: String,
+    },
 }
 
 /// A standalone ack; the ack itself is the envelope's `ack`.

@@ -1,6 +1,7 @@
 //! Fixed-value envelopes for the golden file: one per message, job operation, outbox record,
-//! telemetry sample, tombstone reason and profile kind. Values are fixed (no clock, no
-//! randomness) so the encoded bytes are reproducible. Changing a value here changes the golden file.
+//! telemetry sample, tombstone reason, profile kind and router TLS mode. Values are fixed (no
+//! clock, no randomness) so the encoded bytes are reproducible. Changing a value here changes
+//! the golden file.
 
 use tikfleet_shared::domain::*;
 use tikfleet_shared::ids::*;
@@ -407,6 +408,74 @@ pub fn all() -> Vec<(String, Envelope)> {
                 Message::JobCancel(JobCancel {
                     job_id: job_id(),
                     reason: Some("staff cancelled".into()),
+                }),
+            ),
+        ),
+        (
+            "message/router_config".into(),
+            durable(
+                45,
+                1_041,
+                Message::RouterConfig(RouterConfig {
+                    router_id: router(),
+                    tenant_id: tenant(),
+                    name: "core-1".into(),
+                    host: "10.0.0.1".into(),
+                    api_port: 8729,
+                    ssh_port: 22,
+                    tls: RouterTls::Pin {
+                        sha256: "36d7cc4298cc36d7cc4298cc36d7cc4298cc36d7cc4298cc36d7cc4298cc36d7"
+                            .into(),
+                    },
+                    username: "tikfleet".into(),
+                    sealed_password: (0..64).map(|i| 0xa0 ^ i).collect(),
+                    revision: 3,
+                    removed: false,
+                }),
+            ),
+        ),
+        (
+            "router_config/plain_removed".into(),
+            durable(
+                46,
+                1_041,
+                Message::RouterConfig(RouterConfig {
+                    router_id: router(),
+                    tenant_id: tenant(),
+                    name: "core-1".into(),
+                    host: "10.0.0.1".into(),
+                    api_port: 8728,
+                    ssh_port: 22,
+                    tls: RouterTls::Plain {},
+                    username: "tikfleet".into(),
+                    sealed_password: Vec::new(),
+                    revision: 4,
+                    removed: true,
+                }),
+            ),
+        ),
+        (
+            "router_config/verify".into(),
+            durable(
+                47,
+                1_041,
+                Message::RouterConfig(RouterConfig {
+                    router_id: router(),
+                    tenant_id: tenant(),
+                    name: "core-1".into(),
+                    host: "10.0.0.1".into(),
+                    api_port: 8729,
+                    ssh_port: 2222,
+                    tls: RouterTls::Verify {
+                        ca_pem: Some(
+                            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+                        ),
+                        server_name: Some("core-1.example".into()),
+                    },
+                    username: "tikfleet".into(),
+                    sealed_password: vec![1, 2, 3],
+                    revision: 5,
+                    removed: false,
                 }),
             ),
         ),

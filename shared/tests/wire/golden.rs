@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 use tikfleet_shared::codec::{decode, encode};
 use tikfleet_shared::job::JobOp;
-use tikfleet_shared::protocol::Message;
+use tikfleet_shared::protocol::{Message, RouterTls};
 use tikfleet_shared::record::{DropReason, OutboxRecord};
 
 use crate::fixtures;
@@ -79,9 +79,15 @@ fn fixtures_cover_every_variant() {
     let mut ops = Vec::new();
     let mut records = Vec::new();
     let mut drop_reasons = Vec::new();
+    let mut router_tls = Vec::new();
     for (_, envelope) in &fixtures {
         messages.push(envelope.msg.name());
         match &envelope.msg {
+            Message::RouterConfig(config) => router_tls.push(match config.tls {
+                RouterTls::Plain {} => "plain",
+                RouterTls::Verify { .. } => "verify",
+                RouterTls::Pin { .. } => "pin",
+            }),
             Message::Job(job) => ops.push(job.op.name()),
             Message::Record(record) => {
                 records.push(record.name());
@@ -105,6 +111,12 @@ fn fixtures_cover_every_variant() {
         assert!(
             records.contains(&name),
             "no golden fixture for record {name}"
+        );
+    }
+    for tls in ["plain", "verify", "pin"] {
+        assert!(
+            router_tls.contains(&tls),
+            "no golden fixture for router tls {tls}"
         );
     }
     for reason in DropReason::ALL {

@@ -657,6 +657,44 @@ fn close_code() -> impl Strategy<Value = CloseCode> {
     ])
 }
 
+fn router_tls() -> impl Strategy<Value = RouterTls> {
+    prop_oneof![
+        Just(RouterTls::Plain {}),
+        (opt_text(), opt_text()).prop_map(|(ca_pem, server_name)| RouterTls::Verify {
+            ca_pem,
+            server_name
+        }),
+        text().prop_map(|sha256| RouterTls::Pin { sha256 }),
+    ]
+}
+
+pub fn router_config() -> impl Strategy<Value = RouterConfig> {
+    (
+        (router_id(), tenant_id(), text(), text()),
+        (any::<u16>(), any::<u16>(), router_tls(), text()),
+        (vec(any::<u8>(), 0..96), any::<u64>(), any::<bool>()),
+    )
+        .prop_map(
+            |(
+                (router_id, tenant_id, name, host),
+                (api_port, ssh_port, tls, username),
+                (sealed_password, revision, removed),
+            )| RouterConfig {
+                router_id,
+                tenant_id,
+                name,
+                host,
+                api_port,
+                ssh_port,
+                tls,
+                username,
+                sealed_password,
+                revision,
+                removed,
+            },
+        )
+}
+
 pub fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (any::<[u8; NONCE_LEN]>(), time())
@@ -667,6 +705,7 @@ pub fn message() -> impl Strategy<Value = Message> {
         job().prop_map(Message::Job),
         (job_id(), opt_text())
             .prop_map(|(job_id, reason)| Message::JobCancel(JobCancel { job_id, reason })),
+        router_config().prop_map(Message::RouterConfig),
         outbox_record().prop_map(Message::Record),
         Just(Message::Ack(Ack {})),
         any::<u64>().prop_map(|nonce| Message::Ping(Ping { nonce })),

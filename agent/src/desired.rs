@@ -1,0 +1,203 @@
+//! Desired state per router, as the controller sent it: stored before it is acknowledged,
+//! the highest generation kept.
+//!
+//! The uplink [`put`](DesiredStore::put)s each `desired_state` it receives and commits
+//! (group commit) before acking; an older or equal generation than the one stored changes
+//! nothing, so a redelivery is harmless. The reconciler (to come) reads
+//! [`get`](DesiredStore::get) and records [`set_applied`](DesiredStore::set_applied) when a
+//! pass over a generation finished. [`generations`](DesiredStore::generations) is what the
+//! hello reports, so the controller sends only newer states after a reconnect.
+//!
+//! On disk (`desired` tree): `d` + 16 router id bytes → MessagePack `DesiredState` (the wire
+//! encoding, named fields); `g` + id → stored generation (u64 big-endian); `a` + id → applied
+//! generation. A state and its `g` key change in one sled transaction.
+
+use sled::transaction::ConflictableTransactionError;
+use tikfleet_shared::RouterId;
+use tikfleet_shared::domain::DesiredState;
+use tikfleet_shared::protocol::RouterGenerations;
+
+use crate::store::{Store, StoreError, TreeName};
+
+const TREE: &str = "desired";
+
+fn key(prefix: u8, router: RouterId) -> [u8; 17] {
+    let mut key = [prefix; 17];
+    key[1..].copy_from_slice(router.as_bytes());
+    key
+}
+
+fn router_of(key: &[u8]) -> Option<RouterId> {
+    <[u8; 16]>::try_from(key.get(1..)?)
+        .ok()
+        .map(RouterId::from_bytes)
+}
+
+fn number(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+/// The desired-state store.
+#[derive(Debug)]
+pub struct DesiredStore {
+    store: Store,
+    tree: sled::Tree,
+}
+
+impl DesiredStore {
+    /// Opens it in `store`.
+    pub fn open(store: &Store) -> Result<Self, StoreError> {
+        Ok(Self {
+            tree: store.tree(TreeName::Desired)?,
+            store: store.clone(),
+        })
+    }
+
+    /// Stores `state` if its generation is higher than the stored one; returns whether it
+    /// did. Not committed: call [`Store::commit`] (or [`DesiredStore::store`]) before acking.
+    pub fn put(&self, state: &DesiredState) -> Result<bool, StoreError> {
+        let value = rmp_serde::to_vec_named(state).map_err(|e| StoreError::Encode {
+            what: "desired state",
+            reason: e.to_string(),
+        })?;
+        let gkey = key(b'g', state.router_id);
+        let dkey = key(b'd', state.router_id);
+        let generation = state.generation;
+        let result = self.tree.transaction(|tx| {
+            let stored = tx.get(gkey)?.as_deref().and_then(number).unwrap_or(0);
+            if generation <= stored {
+                return Ok(false);
+            }
+            tx.insert(&gkey, &generation.to_be_bytes())?;
+            tx.insert(&dkey, value.as_slice())?;
+            Ok::<_, ConflictableTransactionError<()>>(true)
+        });
+        match result {
+            Ok(stored) => Ok(stored),
+            Err(sled::transaction::TransactionError::Storage(e)) => Err(self.store.map_sled(e)),
+            Err(sled::transaction::TransactionError::Abort(())) => Ok(false),
+        }
+    }
+
+    /// [`put`](Self::put), then commit. Durable when it returns.
+    pub async fn store(&self, state: &DesiredState) -> Result<bool, StoreError> {
+        let stored = self.put(state)?;
+        self.store.commit().await?;
+        Ok(stored)
+    }
+
+    /// The stored desired state of `router`, if any.
+    pub fn get(&self, router: RouterId) -> Result<Option<DesiredState>, StoreError> {
+        let Some(bytes) = self
+            .tree
+            .get(key(b'd', router))
+            .map_err(|e| self.store.map_sled(e))?
+        else {
+            return Ok(None);
+        };
+        rmp_serde::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                tree: TREE,
+                reason: format!("desired state of {router}: {e}"),
+            })
+    }
+
+    /// Records that the reconciler finished applying `generation` of `router` (never goes
+    /// down). Not committed.
+    pub fn set_applied(&self, router: RouterId, generation: u64) -> Result<(), StoreError> {
+        self.tree
+            .fetch_and_update(key(b'a', router), |old| {
+                let old = old.and_then(number).unwrap_or(0);
+                Some(old.max(generation).to_be_bytes().to_vec())
+            })
+            .map_err(|e| self.store.map_sled(e))?;
+        Ok(())
+    }
+
+    /// Stored and applied generation per router, for the hello.
+    pub fn generations(&self) -> Result<Vec<RouterGenerations>, StoreError> {
+        let mut out: Vec<RouterGenerations> = Vec::new();
+        for item in self.tree.scan_prefix(b"g") {
+            let (k, v) = item.map_err(|e| self.store.map_sled(e))?;
+            let (Some(router_id), Some(stored)) = (router_of(&k), number(&v)) else {
+                tracing::warn!("skipping a corrupt desired-state generation");
+                continue;
+            };
+            let applied = self
+                .tree
+                .get(key(b'a', router_id))
+                .map_err(|e| self.store.map_sled(e))?
+                .as_deref()
+                .and_then(number)
+                .unwrap_or(0);
+            out.push(RouterGenerations {
+                router_id,
+                stored,
+                applied,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tikfleet_shared::{TenantId, UnixMillis};
+
+    use super::*;
+    use crate::store::StoreConfig;
+
+    fn state(router: RouterId, generation: u64) -> DesiredState {
+        DesiredState {
+            generation,
+            tenant_id: TenantId::from_bytes([1; 16]),
+            router_id: router,
+            compiled_at: UnixMillis::EPOCH,
+            profiles: vec![],
+            ppp_secrets: vec![],
+            hotspot_users: vec![],
+            address_list_entries: vec![],
+            lifecycles: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_the_highest_generation_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let r1 = RouterId::new();
+        let r2 = RouterId::new();
+        {
+            let store = Store::open(&StoreConfig::new(dir.path())).unwrap();
+            let desired = DesiredStore::open(&store).unwrap();
+            assert!(desired.store(&state(r1, 5)).await.unwrap());
+            assert!(!desired.store(&state(r1, 5)).await.unwrap(), "same");
+            assert!(!desired.store(&state(r1, 3)).await.unwrap(), "older");
+            assert!(desired.store(&state(r2, 1)).await.unwrap());
+            desired.set_applied(r1, 4).unwrap();
+            desired.set_applied(r1, 2).unwrap();
+            store.commit().await.unwrap();
+        }
+        let store = Store::open(&StoreConfig::new(dir.path())).unwrap();
+        let desired = DesiredStore::open(&store).unwrap();
+        assert_eq!(desired.get(r1).unwrap().unwrap().generation, 5);
+        let mut gens = desired.generations().unwrap();
+        gens.sort_by_key(|g| g.stored);
+        assert_eq!(
+            gens,
+            vec![
+                RouterGenerations {
+                    router_id: r2,
+                    stored: 1,
+                    applied: 0
+                },
+                RouterGenerations {
+                    router_id: r1,
+                    stored: 5,
+                    applied: 4
+                },
+            ]
+        );
+        assert!(desired.get(RouterId::new()).unwrap().is_none());
+    }
+}
