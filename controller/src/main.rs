@@ -11,7 +11,7 @@ use tikfleet_controller::clock::{SharedClock, SystemClock};
 use tikfleet_controller::crypto::AtRestKey;
 use tikfleet_controller::db::{Db, sqlite_url};
 use tikfleet_controller::hub::HubConfig;
-use tikfleet_controller::server::{HubCertificate, Server, ServerConfig};
+use tikfleet_controller::server::{HubCertificate, Server, ServerConfig, shutdown_signal};
 
 /// The tikfleet controller: HTTP API for staff, hub for site agents.
 #[derive(Debug, Parser)]
@@ -109,28 +109,6 @@ fn url_host(url: &str) -> Option<String> {
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
     };
     (!host.is_empty()).then(|| host.to_owned())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

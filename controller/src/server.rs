@@ -200,6 +200,29 @@ impl Server {
     }
 }
 
+/// Completes on Ctrl-C (SIGINT) or, on Unix, SIGTERM: how `serve` and the demo know to stop.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// `postgres://user:password@host/db` without the password, for error messages.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -328,21 +328,6 @@ async fn populate(
     }
 }
 
-async fn ctrl_c() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 async fn run(args: Args) -> anyhow::Result<()> {
     fresh_folder(&args.data)?;
     let data = std::fs::canonicalize(&args.data)?;
@@ -406,7 +391,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             return Err(e);
         }
         print_welcome(&server, &admin, &sim, &args);
-        ctrl_c().await;
+        tikfleet_controller::server::shutdown_signal().await;
         eprintln!("stopping…");
         let _ = stop_agent.send(());
         Ok(())
