@@ -1,32 +1,59 @@
 //! Benchmark: create-PPP-secret jobs per second against one simulated router, the agent's
 //! executor against a sequential Python librouteros loop, with no added latency and with a
-//! 5 ms network delay on every reply. Prints the figures and the targets; nothing is asserted.
+//! 5 ms network delay on every reply. Prints every run, the medians and the targets; nothing
+//! is asserted.
 //!
 //! - *agent*: [`JOBS`] `UpsertPppSecret` jobs are enqueued (durably, not timed) in a fresh sled
 //!   store, then the executor runs them as `tikfleet-agent run` does: durable queue, durable
 //!   outbox with an audit record per command and job updates, rate limits and per-router
-//!   concurrency ([`config`] prints the settings). Timed from the executor's start (connecting
-//!   and logging in included) until the queue counts every job succeeded.
+//!   concurrency ([`config`] prints the settings), with `run_until_idle`.
 //! - *librouteros*: `benches/py/sequential_upsert.py` sends the same two commands per secret
-//!   (`print ?name=`, then `add`) one at a time, as a billing panel's loop does. Timed inside
-//!   the script, after login.
+//!   (`print ?name=`, then `add`) one at a time, as a billing panel's loop does.
 //!
-//! Each run gets a fresh simulated router (tikfleet-sim, in this process), so every job
-//! creates its secret; the sim's command counts are printed to show both sides sent the
-//! same commands.
+//! # Method
+//!
+//! - **The simulator is its own process** for both sides, started fresh for every run (so
+//!   every job creates its secret and the name index starts empty): by default this bench's
+//!   own executable started again in the simulator's role (`tikfleet_sim::start` on a default
+//!   multi-thread runtime, what the `tikfleet-sim` binary runs), or the binary named by
+//!   `TIKFLEET_SIM_BIN` (e.g. `target/release/tikfleet-sim`). The delay fault is set and the
+//!   command counts are read through its HTTP control endpoint.
+//! - **Both sides are timed the same way: connecting and logging in included**, up to the
+//!   last reply. The agent: from the executor's start until `run_until_idle` returns (every
+//!   job succeeded, its audit records and update durable); the loop: inside the script, from
+//!   just before `connect` to the last reply (interpreter start and imports excluded).
+//! - **Runs alternate** (agent first, then the loop; the next run the other way round), after
+//!   an unreported warm-up of each. Each run is printed; the ratio is the median of the
+//!   per-run ratios.
+//! - **CPU time** is printed per side as ms per 1,000 jobs: the agent's (this process,
+//!   `getrusage`, over the timed window only), the loop's (Python's `process_time`) and the
+//!   simulator's (its threads, from `/proc/PID/task/*/schedstat`), so a change can be judged
+//!   on a noisy machine by the CPU it costs, not only by wall time.
+//! - **Two placements of the loop.** A sequential loop waits for every reply, so its speed is
+//!   set by how fast the simulator's thread and Python's wake each other. On a VM, waking a
+//!   process on *another* (idle) vCPU costs tens of microseconds; on the *same* vCPU it is a
+//!   local switch. The loop is therefore run twice per run: where the scheduler puts it
+//!   (usually on different CPUs on a quiet machine), and with Python and the simulator both
+//!   pinned to one CPU (`taskset`), its fastest case. Both ratios are printed. A busy machine
+//!   tends to put them on one CPU by itself: that is why the loop once looked twice as fast
+//!   inside a long run (docs/benchmarks.md).
 //!
 //! The Python comes from `TIKFLEET_PYTHON` or the venv `scripts/test` creates (`.venv`).
 //!
-//! Run: `cargo bench -p tikfleet-agent --bench router_jobs`. To change the job count, the
-//! per-router concurrency or the pool size: `TIKFLEET_BENCH_JOBS`, `TIKFLEET_BENCH_PER_ROUTER`,
-//! `TIKFLEET_BENCH_POOL`.
+//! Run: `cargo bench -p tikfleet-agent --bench router_jobs`. Knobs: `TIKFLEET_BENCH_JOBS`,
+//! `TIKFLEET_BENCH_RUNS` (runs with no added latency), `TIKFLEET_BENCH_DELAY_RUNS` (runs with
+//! 5 ms), `TIKFLEET_BENCH_PER_ROUTER`, `TIKFLEET_BENCH_POOL`, `TIKFLEET_SIM_BIN`,
+//! `TIKFLEET_BENCH_ONLY=agent` (skip the Python loop, to profile the agent),
+//! `TIKFLEET_BENCH_PERF_CTL=FIFO` (`perf record -D -1 --control fifo:FIFO …` samples only the
+//! agent's timed windows).
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tikfleet_agent::clock::{SharedClock, SystemClock};
@@ -38,11 +65,15 @@ use tikfleet_agent::router::{RouterEndpoint, TlsMode};
 use tikfleet_agent::routeros::DriverConfig;
 use tikfleet_agent::store::{Store, StoreConfig};
 use tikfleet_shared::{RouterId, Secret, TenantId};
-use tikfleet_sim::faults::FaultsPatch;
-use tikfleet_sim::router::lock;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
 
 /// Jobs per run (`TIKFLEET_BENCH_JOBS` overrides).
 const JOBS: usize = 2_000;
+/// Runs with no added latency (`TIKFLEET_BENCH_RUNS`).
+const RUNS: usize = 5;
+/// Runs with 5 ms per reply (`TIKFLEET_BENCH_DELAY_RUNS`): the loop takes ~25 s per run.
+const DELAY_RUNS: usize = 1;
 /// Jobs running at once against the router.
 const PER_ROUTER: usize = 256;
 /// Pooled API connections to the router (commands are pipelined on each).
@@ -52,6 +83,8 @@ const RATE: u32 = 100_000;
 const PASSWORD: &str = "bench-pw";
 /// Upper bound of one run; a stuck run is an error, not a hang.
 const RUN_LIMIT: Duration = Duration::from_secs(600);
+/// The environment variable that makes this executable a simulator (see [`sim_role`]).
+const SIM_ROLE: &str = "TIKFLEET_BENCH_SIM_ROLE";
 
 /// A number from the environment, or `default`.
 fn env_or(name: &str, default: usize) -> anyhow::Result<usize> {
@@ -84,16 +117,280 @@ fn config(s: Settings) -> ExecutorConfig {
     }
 }
 
-/// One measured run.
+// ---------------------------------------------------------------------------------------
+// CPU time
+
+/// CPU time (user + system) of every live thread of process `pid`, from
+/// `/proc/PID/task/*/schedstat` (nanoseconds; `/proc/PID/stat` counts 10 ms ticks, too
+/// coarse for runs of a fraction of a second). Threads that end inside a window are missed:
+/// fine for the simulator (its runtime's workers live through it); the agent's side uses
+/// [`own_cpu_ns`].
+fn cpu_ns(pid: &str) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread can end between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let on_cpu = text.split_whitespace().next().unwrap_or("0");
+        total += on_cpu.parse::<u64>().unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// CPU time (user + system) of this process so far, dead threads included (sled's I/O pool
+/// starts and ends threads as it goes), in nanoseconds.
+fn own_cpu_ns() -> anyhow::Result<u64> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    use nix::sys::time::TimeValLike as _;
+    let usage = getrusage(UsageWho::RUSAGE_SELF)?;
+    let us = usage.user_time().num_microseconds() + usage.system_time().num_microseconds();
+    Ok(u64::try_from(us)? * 1_000)
+}
+
+/// Milliseconds of CPU per 1,000 jobs.
+fn per_k(ns: u64, jobs: usize) -> f64 {
+    ns as f64 / 1e6 / (jobs as f64 / 1_000.0)
+}
+
+// ---------------------------------------------------------------------------------------
+// The simulator, in its own process
+
+/// The simulator role: `tikfleet_sim::start` with one router (API and control endpoint on
+/// loopback, free ports), the listener lines on stdout, then run until stdin closes (the
+/// bench's end of the pipe), so a simulator never outlives the bench.
+fn sim_role() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut config = tikfleet_sim::Config::local();
+        config.api_ssl = None;
+        config.ssh = None;
+        config.password = PASSWORD.to_owned();
+        let sim = tikfleet_sim::start(config).await?;
+        let mut out = tokio::io::stdout();
+        for line in sim.lines() {
+            out.write_all(format!("{line}\n").as_bytes()).await?;
+        }
+        out.flush().await?;
+        let mut sink = Vec::new();
+        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+        sim.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+/// How to start a simulator process.
+#[derive(Clone, Debug)]
+enum SimProgram {
+    /// This executable, in the simulator role.
+    SelfRole(PathBuf),
+    /// A `tikfleet-sim` binary.
+    Binary(PathBuf),
+}
+
+impl SimProgram {
+    fn from_env() -> anyhow::Result<Self> {
+        match std::env::var_os("TIKFLEET_SIM_BIN") {
+            Some(bin) => {
+                let bin = PathBuf::from(bin);
+                anyhow::ensure!(
+                    bin.exists(),
+                    "TIKFLEET_SIM_BIN: {} is missing",
+                    bin.display()
+                );
+                Ok(Self::Binary(bin))
+            }
+            None => Ok(Self::SelfRole(std::env::current_exe()?)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::SelfRole(_) => "this bench's executable in the simulator role".to_owned(),
+            Self::Binary(b) => b.display().to_string(),
+        }
+    }
+
+    /// The command, pinned to `cpu` if given.
+    fn command(&self, cpu: Option<usize>) -> Command {
+        let (program, args): (&Path, Vec<String>) = match self {
+            Self::SelfRole(exe) => (exe, Vec::new()),
+            Self::Binary(bin) => (
+                bin,
+                [
+                    "--api",
+                    "127.0.0.1:0",
+                    "--control",
+                    "127.0.0.1:0",
+                    "--user",
+                    "admin",
+                    "--password",
+                    PASSWORD,
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            ),
+        };
+        let mut cmd = pinned(program, cpu);
+        cmd.args(args).env(SIM_ROLE, "1");
+        cmd
+    }
+}
+
+/// `program`, under `taskset -c CPU` when `cpu` is given.
+fn pinned(program: &Path, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(cpu.to_string()).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// A running simulator process with one router.
+struct Sim {
+    child: Child,
+    pid: String,
+    api: std::net::SocketAddr,
+    control: std::net::SocketAddr,
+}
+
+/// What the router saw.
+struct RouterFigures {
+    /// Commands by word (`/ppp/…` only).
+    commands: BTreeMap<String, u64>,
+    connections: u64,
+    max_in_flight: u64,
+}
+
+impl Sim {
+    async fn start(
+        program: &SimProgram,
+        cpu: Option<usize>,
+        delay_ms: u64,
+    ) -> anyhow::Result<Self> {
+        let mut child = program
+            .command(cpu)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start the simulator ({})", program.describe()))?;
+        let pid = child.id().context("the simulator's pid")?.to_string();
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let (mut api, mut control) = (None, None);
+        while control.is_none() {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .context("the simulator did not start")??
+                .context("the simulator exited before listening")?;
+            match line.split_once(' ') {
+                Some(("api", a)) => api = Some(a.parse()?),
+                Some(("control", a)) => control = Some(a.parse()?),
+                _ => {}
+            }
+        }
+        let sim = Self {
+            child,
+            pid,
+            api: api.context("no api line")?,
+            control: control.context("no control line")?,
+        };
+        let (status, body) = sim
+            .http(
+                "PUT",
+                "/routers/0/faults",
+                &format!("{{\"delay_ms\":{delay_ms}}}"),
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "setting the delay: {status} {body}");
+        Ok(sim)
+    }
+
+    fn cpu_ns(&self) -> anyhow::Result<u64> {
+        cpu_ns(&self.pid)
+    }
+
+    /// One HTTP/1.1 request to the control endpoint: (status, body).
+    async fn http(&self, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+        let mut stream = tokio::net::TcpStream::connect(self.control).await?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.control,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let text = String::from_utf8(response)?;
+        let (head, body) = text.split_once("\r\n\r\n").context("an HTTP response")?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("an HTTP status")?;
+        Ok((status, body.to_owned()))
+    }
+
+    async fn figures(&self) -> anyhow::Result<RouterFigures> {
+        let (status, body) = self.http("GET", "/routers/0/stats", "").await?;
+        anyhow::ensure!(status == 200, "reading stats: {status} {body}");
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        let commands = v["by_path"]
+            .as_object()
+            .context("by_path")?
+            .iter()
+            .filter(|(w, _)| w.starts_with("/ppp/"))
+            .map(|(w, n)| (w.clone(), n.as_u64().unwrap_or(0)))
+            .collect();
+        Ok(RouterFigures {
+            commands,
+            connections: v["connections"].as_u64().unwrap_or(0),
+            max_in_flight: v["max_in_flight"].as_u64().unwrap_or(0),
+        })
+    }
+
+    /// Ends the simulator: the bench's role exits when its stdin closes, `tikfleet-sim` on
+    /// SIGTERM.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.child.stdin.take());
+        if let Ok(pid) = self.pid.parse() {
+            use nix::sys::signal::{Signal, kill};
+            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => self.child.kill().await?,
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The two sides
+
+/// One measured run of one side.
 struct Outcome {
     jobs: usize,
     elapsed: Duration,
-    /// Commands the router saw, by word.
-    commands: HashMap<String, u64>,
-    connections: u64,
-    max_in_flight: u64,
+    /// CPU of the side itself (agent or Python) over the timed window, in ns.
+    cpu: u64,
+    /// CPU of the simulator over the same window, in ns.
+    sim_cpu: u64,
+    router: RouterFigures,
     /// Store flushes during the run (agent only).
     flushes: Option<u64>,
+    /// Wall time of each block of 1,000 jobs (the loop only).
+    blocks: Vec<f64>,
 }
 
 impl Outcome {
@@ -101,63 +398,47 @@ impl Outcome {
         self.jobs as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn describe(&self) -> String {
-        let mut words: Vec<_> = self.commands.iter().collect();
-        words.sort();
-        let words: Vec<String> = words.iter().map(|(w, n)| format!("{w} {n}")).collect();
+    fn describe(&self, own: &str) -> String {
         let flushes = self.flushes.map_or(String::new(), |f| {
-            format!(", {:.2} store flushes/job", f as f64 / self.jobs as f64)
+            format!(", {:.2} flushes/job", f as f64 / self.jobs as f64)
         });
         format!(
-            "{:>7.0} jobs/s ({} jobs in {:.2} s; router saw {}; {} connection(s), at most {} command(s) in flight{flushes})",
+            "{:>6.0} jobs/s ({:.3} s; CPU per 1,000 jobs: {own} {:.0} ms, sim {:.0} ms; \
+             {} conn, max {} in flight at the sim{flushes})",
             self.per_second(),
-            self.jobs,
             self.elapsed.as_secs_f64(),
-            words.join(", "),
-            self.connections,
-            self.max_in_flight,
+            per_k(self.cpu, self.jobs),
+            per_k(self.sim_cpu, self.jobs),
+            self.router.connections,
+            self.router.max_in_flight,
         )
+    }
+
+    fn check(&self, side: &str) -> anyhow::Result<()> {
+        let n = self.jobs as u64;
+        for word in ["/ppp/secret/print", "/ppp/secret/add"] {
+            let seen = self.router.commands.get(word).copied().unwrap_or(0);
+            anyhow::ensure!(
+                seen == n,
+                "{side}: the router saw {seen} {word} for {n} jobs: {:?}",
+                self.router.commands
+            );
+        }
+        Ok(())
     }
 }
 
-/// A fresh simulated router (API only) with `delay_ms` on every reply.
-async fn router(delay_ms: u64) -> anyhow::Result<tikfleet_sim::Running> {
-    let mut config = tikfleet_sim::Config::local();
-    config.api_ssl = None;
-    config.ssh = None;
-    config.control = None;
-    config.password = PASSWORD.to_owned();
-    let sim = tikfleet_sim::start(config).await?;
-    lock(&sim.router(0).faults).apply(FaultsPatch {
-        delay_ms: Some(delay_ms),
-        ..FaultsPatch::default()
-    });
-    Ok(sim)
-}
-
-fn router_figures(sim: &tikfleet_sim::Running) -> (HashMap<String, u64>, u64, u64) {
-    let stats = lock(&sim.router(0).stats);
-    let view = stats.view(None, Instant::now());
-    let commands = view
-        .by_path
-        .into_iter()
-        .filter(|(w, _)| w.starts_with("/ppp/"))
-        .collect();
-    (commands, view.connections, view.max_in_flight)
-}
-
 /// The agent's executor runs `jobs` jobs against a fresh router.
-async fn agent(delay_ms: u64, settings: Settings) -> anyhow::Result<Outcome> {
+async fn agent(program: &SimProgram, delay_ms: u64, settings: Settings) -> anyhow::Result<Outcome> {
     let jobs = settings.jobs;
-    let sim = router(delay_ms).await?;
-    let api = sim.routers[0].api.context("api listener")?;
+    let sim = Sim::start(program, None, delay_ms).await?;
     let tenant = TenantId::new();
     let endpoint = RouterEndpoint {
         id: RouterId::new(),
         tenant,
         name: "bench-1".into(),
-        host: api.ip().to_string(),
-        api_port: api.port(),
+        host: sim.api.ip().to_string(),
+        api_port: sim.api.port(),
         ssh_port: 22,
         tls: TlsMode::Plain,
         username: "admin".into(),
@@ -195,44 +476,46 @@ async fn agent(delay_ms: u64, settings: Settings) -> anyhow::Result<Outcome> {
         clock,
         config(settings),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let flushes_before = store.flush_count();
-    let started = Instant::now();
-    let task = tokio::spawn(async move {
-        executor
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    let elapsed = loop {
-        let counts = queue.counts();
-        if counts.succeeded == jobs as u64 {
-            break started.elapsed();
-        }
-        anyhow::ensure!(
-            counts.failed == 0 && counts.retrying == 0,
-            "jobs failed: {counts:?}"
-        );
-        anyhow::ensure!(
-            started.elapsed() < RUN_LIMIT,
-            "the run took too long: {counts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
+    let (cpu_before, sim_before) = (own_cpu_ns()?, sim.cpu_ns()?);
+    perf_control("enable")?;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(RUN_LIMIT, executor.run_until_idle(std::future::pending()))
+        .await
+        .context("the agent's run took too long")?;
+    let elapsed = started.elapsed();
+    perf_control("disable")?;
+    let (cpu, sim_cpu) = (own_cpu_ns()? - cpu_before, sim.cpu_ns()? - sim_before);
     let flushes = store.flush_count() - flushes_before;
-    let _ = stop.send(());
-    task.await?;
-    let (commands, connections, max_in_flight) = router_figures(&sim);
-    sim.shutdown().await;
-    Ok(Outcome {
+    let counts = queue.counts();
+    anyhow::ensure!(
+        counts.succeeded == jobs as u64,
+        "not every job succeeded: {counts:?}"
+    );
+    let router = sim.figures().await?;
+    sim.stop().await?;
+    let outcome = Outcome {
         jobs,
         elapsed,
-        commands,
-        connections,
-        max_in_flight,
+        cpu,
+        sim_cpu,
+        router,
         flushes: Some(flushes),
-    })
+        blocks: Vec::new(),
+    };
+    outcome.check("agent")?;
+    Ok(outcome)
+}
+
+/// With `TIKFLEET_BENCH_PERF_CTL=FIFO`, writes `command` to that FIFO: `perf record -D -1
+/// --control fifo:FIFO` then samples only the agent's timed windows.
+fn perf_control(command: &str) -> anyhow::Result<()> {
+    if let Some(fifo) = std::env::var_os("TIKFLEET_BENCH_PERF_CTL") {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().write(true).open(fifo)?;
+        writeln!(f, "{command}")?;
+    }
+    Ok(())
 }
 
 fn python() -> anyhow::Result<PathBuf> {
@@ -250,17 +533,24 @@ fn python() -> anyhow::Result<PathBuf> {
     Ok(venv)
 }
 
-/// The sequential librouteros loop does the same work against a fresh router.
-async fn librouteros(python: &PathBuf, delay_ms: u64, jobs: usize) -> anyhow::Result<Outcome> {
-    let sim = router(delay_ms).await?;
-    let api = sim.routers[0].api.context("api listener")?;
+/// The sequential librouteros loop does the same work against a fresh router; with `cpu`,
+/// Python and the simulator are both pinned to that CPU.
+async fn librouteros(
+    program: &SimProgram,
+    python: &Path,
+    delay_ms: u64,
+    jobs: usize,
+    cpu: Option<usize>,
+) -> anyhow::Result<Outcome> {
+    let sim = Sim::start(program, cpu, delay_ms).await?;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/py/sequential_upsert.py");
+    let sim_before = sim.cpu_ns()?;
     let output = tokio::time::timeout(
         RUN_LIMIT,
-        tokio::process::Command::new(python)
+        pinned(python, cpu)
             .arg(&script)
-            .args(["--host", &api.ip().to_string()])
-            .args(["--port", &api.port().to_string()])
+            .args(["--host", &sim.api.ip().to_string()])
+            .args(["--port", &sim.api.port().to_string()])
             .args(["--user", "admin", "--password", PASSWORD])
             .args(["--count", &jobs.to_string(), "--prefix", "sub-"])
             .kill_on_drop(true)
@@ -269,6 +559,7 @@ async fn librouteros(python: &PathBuf, delay_ms: u64, jobs: usize) -> anyhow::Re
     .await
     .context("the librouteros loop took too long")?
     .with_context(|| format!("cannot run {}", python.display()))?;
+    let sim_cpu = sim.cpu_ns()? - sim_before;
     anyhow::ensure!(
         output.status.success(),
         "the librouteros loop failed ({}): {}\n(if librouteros is missing, run scripts/test once: it prepares .venv)",
@@ -283,64 +574,251 @@ async fn librouteros(python: &PathBuf, delay_ms: u64, jobs: usize) -> anyhow::Re
         "librouteros created {created} of {jobs}"
     );
     let seconds = result["seconds"].as_f64().context("seconds")?;
-    let (commands, connections, max_in_flight) = router_figures(&sim);
-    sim.shutdown().await;
-    Ok(Outcome {
+    let cpu_seconds = result["cpu_seconds"].as_f64().context("cpu_seconds")?;
+    let blocks = result["blocks"]
+        .as_array()
+        .map(|b| b.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default();
+    let router = sim.figures().await?;
+    sim.stop().await?;
+    let outcome = Outcome {
         jobs,
         elapsed: Duration::from_secs_f64(seconds),
-        commands,
-        connections,
-        max_in_flight,
+        cpu: (cpu_seconds * 1e9) as u64,
+        sim_cpu,
+        router,
         flushes: None,
-    })
+        blocks,
+    };
+    outcome.check("librouteros")?;
+    Ok(outcome)
+}
+
+// ---------------------------------------------------------------------------------------
+// Runs and figures
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+fn range(xs: &[f64]) -> (f64, f64) {
+    xs.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+fn blocks(o: &Outcome) -> String {
+    if o.blocks.len() < 2 {
+        return String::new();
+    }
+    let rates: Vec<String> = o
+        .blocks
+        .iter()
+        .map(|s| format!("{:.0}", 1_000.0 / s))
+        .collect();
+    format!("      jobs/s per block of 1,000: {}", rates.join(" "))
+}
+
+/// The CPU the loop and the simulator share when pinned: the last one this process may use.
+fn pin_cpu() -> Option<usize> {
+    let n = std::thread::available_parallelism().map_or(1, usize::from);
+    let taskset = std::process::Command::new("taskset")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (n > 1 && taskset).then(|| n - 1)
+}
+
+struct Case {
+    label: &'static str,
+    delay_ms: u64,
+    target: f64,
+    runs: usize,
+    /// Also run the loop pinned to one CPU with the simulator.
+    pinned: bool,
+}
+
+/// Runs one case: `runs` alternating runs of each side; prints each and the medians.
+async fn case(
+    c: &Case,
+    program: &SimProgram,
+    python: Option<&Path>,
+    settings: Settings,
+    pin: Option<usize>,
+) -> anyhow::Result<()> {
+    println!("\n{} ({} run(s), alternating):", c.label, c.runs);
+    let jobs = settings.jobs;
+    let mut ours = Vec::new();
+    let mut free = Vec::new();
+    let mut one_cpu = Vec::new();
+    let (mut r_free, mut r_pinned) = (Vec::new(), Vec::new());
+    for run in 0..c.runs {
+        let mut a = None;
+        let mut f = None;
+        let mut p = None;
+        // Even runs: agent first; odd runs: the loop first.
+        for step in 0..3 {
+            let step = if run % 2 == 0 { step } else { 2 - step };
+            match (step, python) {
+                (0, _) => a = Some(agent(program, c.delay_ms, settings).await?),
+                (1, Some(py)) => {
+                    f = Some(librouteros(program, py, c.delay_ms, jobs, None).await?);
+                }
+                (2, Some(py)) if c.pinned && pin.is_some() => {
+                    p = Some(librouteros(program, py, c.delay_ms, jobs, pin).await?);
+                }
+                _ => {}
+            }
+        }
+        let a = a.context("agent run")?;
+        println!("  run {}:", run + 1);
+        println!("    agent:                    {}", a.describe("agent"));
+        if let Some(f) = &f {
+            println!("    librouteros, free:        {}", f.describe("python"));
+            if let Some(b) = Some(blocks(f)).filter(|b| !b.is_empty()) {
+                println!("{b}");
+            }
+            r_free.push(a.per_second() / f.per_second());
+            free.push(f.per_second());
+        }
+        if let Some(p) = &p {
+            println!("    librouteros, one CPU:     {}", p.describe("python"));
+            if let Some(b) = Some(blocks(p)).filter(|b| !b.is_empty()) {
+                println!("{b}");
+            }
+            r_pinned.push(a.per_second() / p.per_second());
+            one_cpu.push(p.per_second());
+        }
+        let mut ratios = Vec::new();
+        if let Some(r) = r_free.last().filter(|_| f.is_some()) {
+            ratios.push(format!("{r:.2}x the free loop"));
+        }
+        if let Some(r) = r_pinned.last().filter(|_| p.is_some()) {
+            ratios.push(format!("{r:.2}x the one-CPU loop"));
+        }
+        if !ratios.is_empty() {
+            println!("    agent: {}", ratios.join(", "));
+        }
+        if run == 0 {
+            let words: Vec<String> = a
+                .router
+                .commands
+                .iter()
+                .map(|(w, n)| format!("{w} {n}"))
+                .collect();
+            println!(
+                "    (both sides: the router saw {} per run)",
+                words.join(", ")
+            );
+        }
+        ours.push(a.per_second());
+    }
+    println!("  medians of {} run(s):", c.runs);
+    println!("    agent {:.0} jobs/s", median(ours));
+    let verdict = |ratios: &[f64]| {
+        let m = median(ratios.to_vec());
+        let (lo, hi) = range(ratios);
+        let met = if m >= c.target { "met" } else { "MISSED" };
+        format!(
+            "{m:.2}x (runs {lo:.2}–{hi:.2}x; target >= {}x: {met})",
+            c.target
+        )
+    };
+    if !free.is_empty() {
+        println!(
+            "    librouteros, free: {:.0} jobs/s; agent / loop: {}",
+            median(free),
+            verdict(&r_free)
+        );
+    }
+    if !one_cpu.is_empty() {
+        println!(
+            "    librouteros, one CPU: {:.0} jobs/s; agent / loop: {}",
+            median(one_cpu),
+            verdict(&r_pinned)
+        );
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::var_os(SIM_ROLE).is_some() {
+        return sim_role();
+    }
+    bench()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+async fn bench() -> anyhow::Result<()> {
     let settings = Settings {
         jobs: env_or("TIKFLEET_BENCH_JOBS", JOBS)?,
         per_router: env_or("TIKFLEET_BENCH_PER_ROUTER", PER_ROUTER)?,
         pool_size: env_or("TIKFLEET_BENCH_POOL", POOL_SIZE)?,
     };
+    let runs = env_or("TIKFLEET_BENCH_RUNS", RUNS)?;
+    let delay_runs = env_or("TIKFLEET_BENCH_DELAY_RUNS", DELAY_RUNS)?;
+    let agent_only = std::env::var("TIKFLEET_BENCH_ONLY").is_ok_and(|v| v == "agent");
     let Settings {
         jobs,
         per_router,
         pool_size,
     } = settings;
-    let python = python()?;
+    let program = SimProgram::from_env()?;
+    let python = if agent_only { None } else { Some(python()?) };
+    let pin = pin_cpu();
     println!(
-        "create-PPP-secret jobs against one simulated router (RouterOS 7.16.2), {jobs} per run"
+        "create-PPP-secret jobs against one simulated router (RouterOS 7.16.2), {jobs} per run, \
+         a fresh simulator process per run ({})",
+        program.describe()
     );
     println!(
         "agent: executor over a sled queue and outbox, {per_router} jobs at once per router, \
          pool of {pool_size} pipelined connections, router and tenant rate {RATE} commands/s \
          (burst {RATE})"
     );
-    println!("librouteros: one command, wait for its reply, the next (print ?name=, then add)");
-    // Warm-up (connections, allocator, page cache); not reported.
-    agent(
-        0,
-        Settings {
-            jobs: 200,
-            ..settings
-        },
-    )
-    .await?;
+    println!(
+        "librouteros: one command, wait for its reply, the next (print ?name=, then add); \
+         'free': placed by the scheduler; 'one CPU': Python and the simulator pinned to CPU {}",
+        pin.map_or("(unavailable: needs taskset and 2+ CPUs)".to_owned(), |c| c
+            .to_string())
+    );
+    println!("both sides timed from connecting (login included) to the last job's end");
+    // Warm-up (page cache, the sled and Python files, allocator); not reported.
+    let warm = Settings {
+        jobs: 200,
+        ..settings
+    };
+    agent(&program, 0, warm).await?;
+    if let Some(py) = &python {
+        librouteros(&program, py, 0, 200, None).await?;
+    }
 
-    for (label, delay_ms, target) in [
-        ("no added latency", 0, 2.0),
-        ("5 ms delay per reply", 5, 20.0),
-    ] {
-        println!("\n{label}:");
-        let ours = agent(delay_ms, settings).await?;
-        println!("  agent executor:   {}", ours.describe());
-        let theirs = librouteros(&python, delay_ms, jobs).await?;
-        println!("  librouteros loop: {}", theirs.describe());
-        let ratio = ours.per_second() / theirs.per_second();
-        println!(
-            "  agent / librouteros: {ratio:.2}x (target >= {target}x: {})",
-            if ratio >= target { "met" } else { "MISSED" }
-        );
+    let cases = [
+        Case {
+            label: "no added latency",
+            delay_ms: 0,
+            target: 2.0,
+            runs,
+            pinned: true,
+        },
+        Case {
+            label: "5 ms delay per reply",
+            delay_ms: 5,
+            target: 20.0,
+            runs: delay_runs,
+            pinned: false,
+        },
+    ];
+    for c in cases.iter().filter(|c| c.runs > 0) {
+        case(c, &program, python.as_deref(), settings, pin).await?;
     }
     Ok(())
 }

@@ -188,20 +188,44 @@ impl AuditObserver {
     }
 }
 
-impl CommandObserver for AuditObserver {
-    fn observe(&self, ev: &CommandEvent) {
-        let record = Some(OutboxRecord::Audit(Self::record(ev, current_job())));
-        if self
-            .tx
-            .send(Item {
-                record,
-                reply: None,
-            })
-            .is_err()
+impl AuditObserver {
+    fn send(&self, record: AuditRecord) {
+        let item = Item {
+            record: Some(OutboxRecord::Audit(record)),
+            reply: None,
+        };
+        if let Err(mpsc::error::SendError(Item {
+            record: Some(OutboxRecord::Audit(lost)),
+            ..
+        })) = self.tx.send(item)
         {
             // Only after AuditLog::close, which waits for every client to be dropped first.
-            tracing::error!(router = %ev.router_id, action = %ev.action, "audit writer stopped; an audit record was lost");
+            tracing::error!(router = ?lost.router_id, action = %lost.action, "audit writer stopped; an audit record was lost");
         }
+    }
+}
+
+impl CommandObserver for AuditObserver {
+    fn observe(&self, ev: &CommandEvent) {
+        self.send(Self::record(ev, current_job()));
+    }
+
+    /// The driver's path: the event's strings and parameters move into the record.
+    fn observe_owned(&self, ev: CommandEvent) {
+        let duration_ms = u64::try_from(ev.duration.as_millis()).unwrap_or(u64::MAX);
+        self.send(AuditRecord {
+            seq: 0,
+            at: ev.started_at,
+            tenant_id: ev.tenant_id,
+            router_id: Some(ev.router_id),
+            job_id: current_job(),
+            generation: None,
+            action: ev.action,
+            params: ev.params,
+            status: ev.status,
+            error: ev.error,
+            duration_ms,
+        });
     }
 }
 
@@ -235,10 +259,10 @@ async fn writer(outbox: Arc<Outbox>, mut rx: mpsc::UnboundedReceiver<Item>) {
 
 /// Appends one record (not yet committed), retrying until the outbox takes it; gives up only
 /// on records that cannot be encoded.
-async fn append(outbox: &Outbox, record: OutboxRecord) -> Result<u64, AuditError> {
+async fn append(outbox: &Outbox, mut record: OutboxRecord) -> Result<u64, AuditError> {
     let mut pause = Duration::from_millis(100);
     loop {
-        match outbox.append(record.clone()) {
+        match outbox.append_mut(&mut record) {
             Ok(seq) => return Ok(seq),
             Err(OutboxError::Store(e @ StoreError::Encode { .. })) => {
                 tracing::error!(error = %e, kind = record.name(), "dropping an outbox record that cannot be encoded");

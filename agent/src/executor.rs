@@ -328,9 +328,53 @@ impl<S: JobStore + 'static> Executor<S> {
         self.run_loop(shutdown, true).await;
     }
 
+    /// Runs [`Shared::dispatch_loop`] as a task of its own, so that it runs on the runtime's
+    /// workers, beside the jobs it starts and that wake it, and not on the caller's thread (a
+    /// `block_on` thread: waking it from a worker for every finished job costs a futex call
+    /// and a thread switch each). Dropping this future stops the loop and its jobs, as if it
+    /// ran here.
     async fn run_loop(&self, shutdown: impl Future<Output = ()>, until_idle: bool) {
-        let sh = &self.shared;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let shared = Arc::clone(&self.shared);
+        let mut handle = AbortOnDrop(tokio::spawn(async move {
+            shared.dispatch_loop(stopped, until_idle).await;
+        }));
+        tokio::pin!(shutdown);
+        let ended = tokio::select! {
+            () = &mut shutdown => None,
+            res = &mut handle.0 => Some(res),
+        };
+        let res = match ended {
+            Some(res) => res,
+            None => {
+                let _ = stop.send(true);
+                (&mut handle.0).await
+            }
+        };
+        log_join(res);
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<S: JobStore + 'static> Shared<S> {
+    async fn dispatch_loop(
+        self: Arc<Self>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+        until_idle: bool,
+    ) {
+        let sh = &self;
         let mut tasks: JoinSet<()> = JoinSet::new();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
         tokio::pin!(shutdown);
         loop {
             // Armed before looking at the queue, so an enqueue during the pass is not missed.
@@ -384,8 +428,8 @@ impl<S: JobStore + 'static> Executor<S> {
 
     /// Starts every ready job whose router has a free slot; returns whether due jobs are
     /// left waiting for busy routers.
-    fn dispatch(&self, tasks: &mut JoinSet<()>, now: UnixMillis) -> bool {
-        let sh = &self.shared;
+    fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>, now: UnixMillis) -> bool {
+        let sh = self;
         loop {
             let taken = sh
                 .queue

@@ -28,8 +28,9 @@
 //! record, or for a tombstone one reason byte (`0` telemetry, `1` corrupt, `2` missing);
 //! `mnext_seq`, `macked`, `mdropped` → u64 big-endian counters, written in the same atomic
 //! batch as the records they describe (drops, acks). A record without drops is written with
-//! two plain inserts (record, then `mnext_seq`), which is cheaper than a batch; open takes the
-//! largest of `mnext_seq`, the last stored seq + 1 and `macked` + 1, so either one suffices.
+//! one plain insert, which is cheaper than a batch, and `mnext_seq` once per commit, before
+//! the flush; open takes the largest of `mnext_seq`, the last stored seq + 1 and `macked` + 1,
+//! so either one suffices.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -179,6 +180,8 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 #[derive(Debug)]
 struct State {
     next_seq: u64,
+    /// The value of `mnext_seq` last written (written at commit, not per record).
+    counter_written: u64,
     /// Every seq up to this one is committed to disk; only those are read back, so a seq the
     /// controller has seen can never be reused for another record after a crash.
     durable_upto: u64,
@@ -218,8 +221,10 @@ impl Outbox {
                     })?),
             }
         };
+        let written = counter(NEXT_SEQ)?;
         let mut state = State {
-            next_seq: counter(NEXT_SEQ)?.max(1),
+            next_seq: written.max(1),
+            counter_written: written,
             durable_upto: 0,
             acked: counter(ACKED)?,
             records: 0,
@@ -276,12 +281,18 @@ impl Outbox {
     /// batch costs one commit instead of one per record. Drops for the caps as in
     /// [`Outbox::push`].
     pub fn append(&self, mut record: OutboxRecord) -> Result<u64, OutboxError> {
+        self.append_mut(&mut record)
+    }
+
+    /// Like [`Outbox::append`], for a writer that keeps the record (to retry it when the
+    /// store fails) without copying it; an audit record's `seq` is set in place.
+    pub fn append_mut(&self, record: &mut OutboxRecord) -> Result<u64, OutboxError> {
         let mut state = self.lock();
         let seq = state.next_seq;
-        if let OutboxRecord::Audit(audit) = &mut record {
+        if let OutboxRecord::Audit(audit) = record {
             audit.seq = seq;
         }
-        let value = encode_value(&record)?;
+        let value = encode_value(record)?;
         let is_telemetry = value.first() == Some(&KIND_TELEMETRY);
         let key = record_key(seq);
         let size = (key.len() + value.len()) as u64;
@@ -312,15 +323,13 @@ impl Outbox {
         let drops_self = drops.last() == Some(&seq);
 
         if drops.is_empty() {
-            // The common case: two plain inserts, not a batch. A sled batch writes out its log
+            // The common case: one plain insert, not a batch. A sled batch writes out its log
             // buffer before and after (two synchronous disk writes per record, which bounded
-            // the executor's jobs per second). Atomicity is not needed here: both land with
-            // the next commit, and if a crash keeps only one, open still never reuses a seq
-            // (it takes the largest of the counter and the last stored seq + 1; a counter
-            // without its record only yields a `missing` tombstone for a seq never sent).
+            // the executor's jobs per second). The counter is written once per commit
+            // (`commit_upto`), not per record: open never reuses a seq without it (it takes
+            // the largest of the counter, the last stored seq + 1 and the ack + 1).
             self.tree
                 .insert(key, value)
-                .and_then(|_| self.tree.insert(NEXT_SEQ, &(seq + 1).to_be_bytes()))
                 .map_err(|e| self.store.map_sled(e))?;
         } else {
             let mut batch = sled::Batch::default();
@@ -336,6 +345,7 @@ impl Outbox {
             self.tree
                 .apply_batch(batch)
                 .map_err(|e| self.store.map_sled(e))?;
+            state.counter_written = seq + 1;
         }
 
         state.next_seq = seq + 1;
@@ -377,6 +387,16 @@ impl Outbox {
 
     /// Commits, then marks every seq up to `seq` (all written before this call) durable.
     async fn commit_upto(&self, seq: u64) -> Result<(), OutboxError> {
+        {
+            // The counter goes with the records it covers, once per commit.
+            let mut state = self.lock();
+            if state.counter_written < state.next_seq {
+                self.tree
+                    .insert(NEXT_SEQ, &state.next_seq.to_be_bytes())
+                    .map_err(|e| self.store.map_sled(e))?;
+                state.counter_written = state.next_seq;
+            }
+        }
         self.store.commit().await?;
         {
             // The flush that made `seq` durable started after every smaller seq was written

@@ -31,7 +31,8 @@
 //!
 //! On disk (`jobs` tree): `j` + 16 id bytes → MessagePack `StoredJob`; `k` + idempotency
 //! key bytes → 16 id bytes; `m` + `next_seq` → u64 big-endian. An enqueue writes all three
-//! in one atomic sled batch.
+//! in one atomic sled batch. [`SledJobStore`] keeps the records of running jobs in memory
+//! too, so a running job's transitions cost one write each and its progress none.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
@@ -610,6 +611,10 @@ pub struct SledJobStore {
     ready: HashMap<RouterId, ReadySets>,
     /// Dead-lettered jobs with a heal time, ordered by (heal time, seq).
     healing: BTreeSet<(UnixMillis, u64, JobId)>,
+    /// The records of the running jobs (at most the executor's concurrency), so that their
+    /// transitions neither read nor decode them again, and their progress (advisory, and
+    /// cleared by the recovery of a running job on open anyway) is kept here only.
+    running: HashMap<JobId, JobRecord>,
     counts: QueueCounts,
     corrupt: u64,
 }
@@ -625,6 +630,7 @@ impl SledJobStore {
             entries: HashMap::new(),
             ready: HashMap::new(),
             healing: BTreeSet::new(),
+            running: HashMap::new(),
             counts: QueueCounts::default(),
             corrupt: 0,
         };
@@ -710,6 +716,9 @@ impl SledJobStore {
     }
 
     fn load(&self, id: JobId) -> Result<JobRecord, QueueError> {
+        if let Some(r) = self.running.get(&id) {
+            return Ok(r.clone());
+        }
         let bytes = self
             .tree
             .get(job_key(id))
@@ -727,6 +736,15 @@ impl SledJobStore {
         self.unindex(r.job.id);
         self.index(r);
         Ok(())
+    }
+
+    /// Keeps the record of a running job in memory (and forgets it once it stops running).
+    fn cache(&mut self, r: &JobRecord) {
+        if r.status == JobStatus::Running {
+            self.running.insert(r.job.id, r.clone());
+        } else {
+            self.running.remove(&r.job.id);
+        }
     }
 
     fn existing(&self, job: &Job) -> Result<Option<JobRecord>, QueueError> {
@@ -820,9 +838,16 @@ impl JobStore for SledJobStore {
         if !self.entries.contains_key(&id) {
             return Err(QueueError::NotFound { id });
         }
+        // Progress of a running job stays in memory: it is advisory, and a job that was
+        // running when the agent stopped is recovered with no progress, whatever is on disk.
+        if let (Transition::Progress(_), Some(r)) = (&t, self.running.get_mut(&id)) {
+            r.apply(t, now)?;
+            return Ok(r.clone());
+        }
         let mut record = self.load(id)?;
         record.apply(t, now)?;
         self.save(&record)?;
+        self.cache(&record);
         Ok(record)
     }
 
@@ -848,6 +873,7 @@ impl JobStore for SledJobStore {
             .map_err(|e| self.store.map_sled(e))?;
         for id in &removed {
             self.unindex(*id);
+            self.running.remove(id);
         }
         Ok(removed.len() as u64)
     }
@@ -978,7 +1004,9 @@ impl<S: JobStore> Queue<S> {
         self.lock().take_ready_for(now, &mut eligible)
     }
 
-    /// Records progress of a running job (not committed: progress is advisory).
+    /// Records progress of a running job (not committed: progress is advisory; the durable
+    /// store keeps it in memory only, since a job running at a restart is recovered without
+    /// progress anyway).
     pub fn set_progress(
         &self,
         id: JobId,

@@ -381,7 +381,7 @@ impl RouterOsClient {
             started_at,
             duration,
         };
-        self.inner.observer.observe(&ev);
+        self.inner.observer.observe_owned(ev);
     }
 
     /// Lends a connection: an idle live one, else a new one in an empty slot, else the least

@@ -38,6 +38,12 @@ pub struct CommandEvent {
 pub trait CommandObserver: Send + Sync {
     /// One command finished (or failed).
     fn observe(&self, ev: &CommandEvent);
+
+    /// The same, for an observer that keeps the event: the driver calls this one, so an
+    /// observer that overrides it takes the event's strings without copying them.
+    fn observe_owned(&self, ev: CommandEvent) {
+        self.observe(&ev);
+    }
 }
 
 /// An observer that ignores everything.
