@@ -47,6 +47,7 @@ fn job(tenant: TenantId, router: RouterId, i: usize) -> Job {
                 remote_address: None,
                 comment: Some(format!("subscriber {i}")),
             },
+            profile: None,
         },
         created_at: NOW,
         max_attempts: 0,

@@ -202,8 +202,9 @@ pub const CONNECT_COMMANDS: u32 = 2;
 pub const fn command_budget(op: &JobOp) -> u32 {
     match op {
         // print, add (+ print, comment before 7.15) or up to three pipelined updates, then
-        // print and remove of active sessions.
-        JobOp::UpsertPppSecret { .. } | JobOp::UpsertHotspotUser { .. } => 6,
+        // print and remove of active sessions; the profile it carries: print, add or updates.
+        JobOp::UpsertPppSecret { profile, .. } => 6 + if profile.is_some() { 4 } else { 0 },
+        JobOp::UpsertHotspotUser { profile, .. } => 6 + if profile.is_some() { 4 } else { 0 },
         // print, set, then print and remove of active sessions.
         JobOp::SetProfile { .. } | JobOp::Enable { .. } | JobOp::Disable { .. } => 4,
         // print, add or up to three updates.

@@ -116,9 +116,21 @@ pub async fn execute_with(
 ) -> Result<OpOutcome, DriverError> {
     let o = ownership;
     match op {
-        JobOp::UpsertPppSecret { secret } => upsert_ppp_secret(client, secret, o).await,
+        JobOp::UpsertPppSecret { secret, profile } => {
+            if let Some(p) = profile.as_ref().filter(|p| p.name != BUILTIN_PROFILE) {
+                profile_first(upsert_ppp_profile(client, p, o).await)?;
+            }
+            upsert_ppp_secret(client, secret, o).await
+        }
         JobOp::DeletePppSecret { name } => remove(client, &PPP_SECRET, name, o).await,
-        JobOp::UpsertHotspotUser { user } => upsert_hotspot_user(client, user, o).await,
+        JobOp::UpsertHotspotUser { user, profile } => {
+            // `/ip/hotspot/user/profile` has no comment to mark ours, so the built-in
+            // `default` profile (always there, never ours) is never written.
+            if let Some(p) = profile.as_ref().filter(|p| p.name != BUILTIN_PROFILE) {
+                profile_first(upsert_hotspot_profile(client, p, o).await)?;
+            }
+            upsert_hotspot_user(client, user, o).await
+        }
         JobOp::DeleteHotspotUser { name } => remove(client, &HOTSPOT_USER, name, o).await,
         JobOp::SetProfile { account, profile } => {
             let fields = vec![Field::set("profile", Kind::Text, profile)];
@@ -596,6 +608,20 @@ async fn finish_account(
         change,
         sessions_disconnected,
     })
+}
+
+/// The profile every RouterOS has in `/ppp/profile` and `/ip/hotspot/user/profile`.
+const BUILTIN_PROFILE: &str = "default";
+
+/// The outcome of the profile an account job carries: a profile that exists but is not ours
+/// (an administrator's, or a built-in one) is left as it is — the account only needs it to
+/// exist — and any other error fails the job.
+fn profile_first(outcome: Result<OpOutcome, DriverError>) -> Result<(), DriverError> {
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == ErrorCode::Conflict => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 async fn upsert_ppp_secret(

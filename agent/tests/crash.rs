@@ -215,7 +215,13 @@ fn plan(
             remote_address: None,
             comment: None,
         };
-        ops.push((Kind::Create, JobOp::UpsertPppSecret { secret }));
+        ops.push((
+            Kind::Create,
+            JobOp::UpsertPppSecret {
+                secret,
+                profile: None,
+            },
+        ));
     }
     let account = |i: usize| AccountRef {
         kind: AccountKind::Ppp,

@@ -282,6 +282,7 @@ fn secret(name: &str, profile: &str) -> JobOp {
             remote_address: None,
             comment: None,
         },
+        profile: None,
     }
 }
 

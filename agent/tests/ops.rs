@@ -137,6 +137,7 @@ async fn ppp_operations_are_idempotent_on_v6_and_v7() {
 
             let upsert = JobOp::UpsertPppSecret {
                 secret: secret("plan-10m", Some("10.9.0.2")),
+                profile: None,
             };
             twice(&client, &upsert, Change::Created, Change::Unchanged).await;
             assert_eq!(s("password").unwrap(), "alice-pw");
@@ -154,6 +155,7 @@ async fn ppp_operations_are_idempotent_on_v6_and_v7() {
             // Dropping the fixed address unsets it.
             let upsert = JobOp::UpsertPppSecret {
                 secret: secret("plan-10m", None),
+                profile: None,
             };
             twice(
                 &client,
@@ -272,6 +274,7 @@ async fn hotspot_operations_are_idempotent_on_v6_and_v7() {
                     disabled,
                     comment: Some("room 12".into()),
                 },
+                profile: None,
             };
             twice(&client, &user(false), Change::Created, Change::Unchanged).await;
             let u = row(&sim, "/ip/hotspot/user", "name", "guest-1").unwrap();
@@ -397,6 +400,7 @@ async fn items_made_by_hand_are_not_touched_unless_adopted() {
                 .unwrap();
             let upsert = JobOp::UpsertPppSecret {
                 secret: secret("default", None),
+                profile: None,
             };
             for op in [
                 upsert.clone(),
@@ -453,6 +457,73 @@ async fn operations_for_the_executor_are_refused_clearly() {
             assert!(e.message().contains("not handled by ops"), "{e}");
         }
         sim.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_account_job_makes_its_profile_first() {
+    within(async {
+        for version in VERSIONS {
+            let sim = sim(version).await;
+            let (client, _) = client(&sim).await;
+            let JobOp::UpsertProfile {
+                profile: Profile::Ppp(plan),
+            } = ppp_profile("20M/20M")
+            else {
+                unreachable!("ppp_profile makes a PPP profile")
+            };
+            // Without its profile the router refuses the secret (the profile does not exist).
+            let bare = JobOp::UpsertPppSecret {
+                secret: secret("plan-10m", None),
+                profile: None,
+            };
+            let e = execute(&client, &bare).await.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidValue, "{version}: {e}");
+            assert!(row(&sim, "/ppp/secret", "name", "alice").is_none());
+
+            // Carrying it, the job makes the profile, then the secret; twice changes nothing.
+            let carried = JobOp::UpsertPppSecret {
+                secret: secret("plan-10m", None),
+                profile: Some(Box::new(plan)),
+            };
+            twice(&client, &carried, Change::Created, Change::Unchanged).await;
+            let p = row(&sim, "/ppp/profile", "name", "plan-10m").unwrap();
+            assert_eq!(p["rate-limit"], "20M/20M", "{version}");
+            let s = row(&sim, "/ppp/secret", "name", "alice").unwrap();
+            assert_eq!(s["profile"], "plan-10m", "{version}");
+
+            // A profile that exists but is not ours (the built-in `default`) is left alone and
+            // the account still goes on it.
+            let builtin = JobOp::UpsertHotspotUser {
+                user: HotspotUser {
+                    subscriber_id: None,
+                    name: "guest-9".into(),
+                    password: Secret::new("guest-pw"),
+                    profile: "default".into(),
+                    server: None,
+                    mac_address: None,
+                    disabled: false,
+                    comment: None,
+                },
+                profile: Some(Box::new(HotspotProfile {
+                    name: "default".into(),
+                    rate_limit: Some("1M/1M".into()),
+                    address_list: None,
+                    shared_users: None,
+                    session_timeout_secs: None,
+                    idle_timeout_secs: None,
+                    comment: None,
+                })),
+            };
+            execute(&client, &builtin)
+                .await
+                .unwrap_or_else(|e| panic!("{version}: {e}"));
+            let d = row(&sim, "/ip/hotspot/user/profile", "name", "default").unwrap();
+            assert_ne!(d.get("rate-limit").map(String::as_str), Some("1M/1M"));
+            assert!(row(&sim, "/ip/hotspot/user", "name", "guest-9").is_some());
+            sim.shutdown().await;
+        }
     })
     .await;
 }

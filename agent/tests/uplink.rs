@@ -538,6 +538,7 @@ async fn a_job_pushed_from_the_hub_runs_on_a_simulated_router_and_its_records_co
                     remote_address: None,
                     comment: Some("tikfleet: alice".into()),
                 },
+                profile: None,
             },
         );
         hub.store.add_job(agent.id, job.clone());

@@ -120,6 +120,23 @@ async fn fixture(t: &TestDb, name: &str) -> Fx {
     }
 }
 
+/// A second subscriber on the fixture's router and plan (a second job for its agent).
+async fn second_subscriber(db: &tikfleet_controller::db::Db, fx: &Fx) {
+    db.create_subscriber(
+        &fx.staff,
+        NewSubscriber {
+            username: format!("{}-bob", fx.router.name),
+            password: Secret::new("sub-pw-plain"),
+            plan_id: fx.plan.id,
+            router_id: fx.router.id,
+            service: Service::Pppoe,
+            expires_at: None,
+        },
+    )
+    .await
+    .unwrap();
+}
+
 fn not_found<T: std::fmt::Debug>(r: Result<T, DbError>, what: &str) {
     match r {
         Err(DbError::NotFound(_)) => {}
@@ -485,8 +502,10 @@ async fn secrets_are_encrypted_or_hashed_at_rest() {
     let states = t.db.desired_states(a.agent, &[]).await.unwrap();
     assert_eq!(states[0].ppp_secrets[0].password.expose(), "sub-pw-plain");
     let jobs = t.db.undelivered_jobs(a.agent).await.unwrap();
-    match &jobs[1].op {
-        JobOp::UpsertPppSecret { secret } => assert_eq!(secret.password.expose(), "sub-pw-plain"),
+    match &jobs[0].op {
+        JobOp::UpsertPppSecret { secret, .. } => {
+            assert_eq!(secret.password.expose(), "sub-pw-plain")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -515,7 +534,10 @@ async fn commit_records_takes_each_seq_once() {
     let a = fixture(&t, "a").await;
     let b = fixture(&t, "b").await;
     let db = &t.db;
+    // A second job for agent a: a second subscriber's upsert.
+    second_subscriber(db, &a).await;
     let jobs = db.undelivered_jobs(a.agent).await.unwrap();
+    assert!(jobs.len() >= 2, "{jobs:?}");
     let b_jobs = db.undelivered_jobs(b.agent).await.unwrap();
     let update = |job: &tikfleet_shared::job::Job, status, progress| {
         OutboxRecord::JobUpdate(JobUpdate {
@@ -599,7 +621,7 @@ async fn commit_records_takes_each_seq_once() {
         "another agent's job is not this agent's to update"
     );
     let sync = db.router_sync(&Scope::Admin, a.router.id).await.unwrap();
-    assert_eq!((sync.generation, sync.applied_generation), (2, 2));
+    assert_eq!((sync.generation, sync.applied_generation), (3, 2));
     let router = db.get_router(&Scope::Admin, a.router.id).await.unwrap();
     assert_eq!(
         (router.status.as_str(), router.ros_version.as_deref()),
@@ -800,12 +822,13 @@ async fn jobs_are_delivered_once_to_their_own_agent() {
     let a = fixture(&t, "a").await;
     let b = fixture(&t, "b").await;
     let db = &t.db;
+    second_subscriber(db, &a).await;
     let jobs = db.undelivered_jobs(a.agent).await.unwrap();
     assert_eq!(
         jobs.iter().map(|j| j.op.name()).collect::<Vec<_>>(),
-        ["upsert_profile", "upsert_ppp_secret"],
-        "oldest first, the profile before the secret that uses it"
+        ["upsert_ppp_secret", "upsert_ppp_secret"]
     );
+    assert!(jobs[0].created_at <= jobs[1].created_at, "oldest first");
     assert!(
         jobs.iter().all(|j| j.router_id == a.router.id
             && j.tenant_id == a.tenant.id
@@ -829,7 +852,7 @@ async fn jobs_are_delivered_once_to_their_own_agent() {
             .delivered_at
             .is_some()
     );
-    assert_eq!(db.undelivered_jobs(b.agent).await.unwrap().len(), 2);
+    assert_eq!(db.undelivered_jobs(b.agent).await.unwrap().len(), 1);
     // A re-queued job goes out again.
     db.commit_records(
         a.agent,

@@ -9,7 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{AccountKind, AccountRef, AddressListEntry, HotspotUser, PppSecret, Profile};
+use crate::domain::{
+    AccountKind, AccountRef, AddressListEntry, HotspotProfile, HotspotUser, PppProfile, PppSecret,
+    Profile,
+};
 use crate::error::ErrorInfo;
 use crate::ids::{JobId, RouterId, TenantId};
 use crate::time::UnixMillis;
@@ -61,6 +64,10 @@ pub enum JobOp {
     UpsertPppSecret {
         /// The secret as it should be.
         secret: PppSecret,
+        /// Its profile, made so first when given: the secret cannot name a profile the
+        /// router does not have, and a profile job queued beside it may not have run yet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        profile: Option<Box<PppProfile>>,
     },
     /// Remove a managed PPP secret by name.
     DeletePppSecret {
@@ -71,6 +78,9 @@ pub enum JobOp {
     UpsertHotspotUser {
         /// The user as it should be.
         user: HotspotUser,
+        /// Its user profile, made so first when given (see `UpsertPppSecret`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        profile: Option<Box<HotspotProfile>>,
     },
     /// Remove a managed hotspot user by name.
     DeleteHotspotUser {

@@ -24,6 +24,7 @@ pub fn secret_job(tenant: TenantId, router: RouterId, i: usize) -> Job {
                 remote_address: None,
                 comment: None,
             },
+            profile: None,
         },
         created_at: UnixMillis::from_system_time(std::time::SystemTime::now()),
         max_attempts: 0,

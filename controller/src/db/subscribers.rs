@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use tikfleet_shared::domain::AccountKind;
+use tikfleet_shared::domain::{AccountKind, Profile};
 use tikfleet_shared::job::{JobOp, Priority};
 use tikfleet_shared::record::AuditParams;
 use tikfleet_shared::{AgentId, RouterId, Secret, SubscriberId, TenantId, UnixMillis};
@@ -215,8 +215,9 @@ impl Change<'_> {
         Ok(())
     }
 
-    /// Queues the plan's profile (when no other account on the router uses it) and the
-    /// account's upsert.
+    /// Queues the account's upsert, carrying the plan's profile: the agent makes the profile
+    /// so first, so the account never names a profile the router does not have yet (a
+    /// separate profile job could still be waiting in the agent's queue beside it).
     async fn upsert(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -226,39 +227,14 @@ impl Change<'_> {
         generation: u64,
         priority: Priority,
     ) -> Result<(), DbError> {
-        let mut q = Sql::new("SELECT COUNT(*) AS n FROM subscribers WHERE router_id = ");
-        q.bind(sub.router_id.to_string())
-            .push(" AND plan_id = ")
-            .bind(plan.id.to_string())
-            .push(" AND service = ")
-            .bind(sub.service.as_str().to_owned())
-            .push(" AND id <> ")
-            .bind(sub.id.to_string());
-        let others = q.fetch_one(&mut **tx).await?.int("n")?;
-        let kind = sub.service.account_kind();
-        if others == 0 {
-            self.job(
-                tx,
-                sub.router_id,
-                format!(
-                    "plan:{}:{}:{}:{generation}",
-                    plan.id,
-                    sub.service.as_str(),
-                    sub.router_id
-                ),
-                priority,
-                JobOp::UpsertProfile {
-                    profile: compile::profile(plan, kind),
-                },
-            )
-            .await?;
-        }
-        let op = match kind {
-            AccountKind::Ppp => JobOp::UpsertPppSecret {
+        let op = match compile::profile(plan, sub.service.account_kind()) {
+            Profile::Ppp(profile) => JobOp::UpsertPppSecret {
                 secret: compile::ppp_secret(sub, password, plan),
+                profile: Some(Box::new(profile)),
             },
-            AccountKind::Hotspot => JobOp::UpsertHotspotUser {
+            Profile::Hotspot(profile) => JobOp::UpsertHotspotUser {
                 user: compile::hotspot_user(sub, password, plan),
+                profile: Some(Box::new(profile)),
             },
         };
         self.job(

@@ -118,12 +118,14 @@ fn all_job_ops() -> Vec<JobOp> {
     vec![
         JobOp::UpsertPppSecret {
             secret: ppp_secret(),
+            profile: None,
         },
         JobOp::DeletePppSecret {
             name: "alice".into(),
         },
         JobOp::UpsertHotspotUser {
             user: hotspot_user(),
+            profile: None,
         },
         JobOp::DeleteHotspotUser {
             name: "voucher-7421".into(),

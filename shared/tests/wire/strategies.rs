@@ -286,9 +286,17 @@ pub fn desired_state() -> impl Strategy<Value = DesiredState> {
 
 pub fn job_op() -> impl Strategy<Value = JobOp> {
     prop_oneof![
-        ppp_secret().prop_map(|secret| JobOp::UpsertPppSecret { secret }),
+        (
+            ppp_secret(),
+            proptest::option::of(ppp_profile().prop_map(Box::new))
+        )
+            .prop_map(|(secret, profile)| JobOp::UpsertPppSecret { secret, profile }),
         text().prop_map(|name| JobOp::DeletePppSecret { name }),
-        hotspot_user().prop_map(|user| JobOp::UpsertHotspotUser { user }),
+        (
+            hotspot_user(),
+            proptest::option::of(hotspot_profile().prop_map(Box::new))
+        )
+            .prop_map(|(user, profile)| JobOp::UpsertHotspotUser { user, profile }),
         text().prop_map(|name| JobOp::DeleteHotspotUser { name }),
         (account(), text()).prop_map(|(account, profile)| JobOp::SetProfile { account, profile }),
         account().prop_map(|account| JobOp::Enable { account }),
