@@ -81,9 +81,20 @@ pub trait Routers: Send + Sync + 'static {
     ///
     /// A classified error (`not_found` for an unknown router is permanent).
     fn endpoint(&self, id: RouterId) -> Result<RouterEndpoint, DriverError>;
+
+    /// A counter that moves whenever any router's endpoint may have changed (address, port,
+    /// TLS, login): a cached connection is checked against the endpoint again when it moved.
+    /// A fixed set of routers keeps the default, 0.
+    fn changes(&self) -> u64 {
+        0
+    }
 }
 
 impl Routers for Registry {
+    fn changes(&self) -> u64 {
+        Registry::changes(self)
+    }
+
     fn endpoint(&self, id: RouterId) -> Result<RouterEndpoint, DriverError> {
         self.get(id)
             .map_err(|e| DriverError::new(e.code(), e.to_string()))
@@ -249,7 +260,8 @@ enum Event {
     Shutdown,
 }
 
-type ClientSlot = Arc<tokio::sync::Mutex<Option<RouterOsClient>>>;
+/// A router's connection, with the registry's change counter when it was last checked.
+type ClientSlot = Arc<tokio::sync::Mutex<Option<(RouterOsClient, u64)>>>;
 
 struct Shared<S: JobStore> {
     queue: Arc<Queue<S>>,
@@ -519,8 +531,20 @@ impl<S: JobStore + 'static> Shared<S> {
     async fn client(&self, router: RouterId) -> Result<RouterOsClient, DriverError> {
         let slot = Arc::clone(lock(&self.clients).entry(router).or_default());
         let mut slot = slot.lock().await;
-        if let Some(c) = &*slot {
-            return Ok(c.clone());
+        let changes = self.routers.changes();
+        if let Some((c, seen)) = &mut *slot {
+            if *seen == changes {
+                return Ok(c.clone());
+            }
+            // Some router changed: this one's address or login may have (a `router_config`
+            // from the controller, a technician's `router add`); reconnect only if it did.
+            let endpoint = self.routers.endpoint(router)?;
+            if *c.endpoint() == endpoint {
+                *seen = changes;
+                return Ok(c.clone());
+            }
+            tracing::info!(%router, "the router's address or login changed: reconnecting");
+            *slot = None;
         }
         let endpoint = self.routers.endpoint(router)?;
         self.rate
@@ -533,7 +557,7 @@ impl<S: JobStore + 'static> Shared<S> {
             Arc::new(self.audit.observer()),
         )
         .await?;
-        *slot = Some(client.clone());
+        *slot = Some((client.clone(), changes));
         Ok(client)
     }
 

@@ -224,6 +224,8 @@ pub struct Registry {
     store: Store,
     tree: sled::Tree,
     vault: Vault,
+    /// Bumped by every change this registry makes (see [`Registry::changes`]).
+    changes: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -233,7 +235,20 @@ impl Registry {
             tree: store.tree(TreeName::Routers)?,
             store: store.clone(),
             vault,
+            changes: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// A counter of the changes made through this registry (routers added, removed,
+    /// re-addressed, new passwords): the executor re-reads a router's endpoint when it moved,
+    /// and reconnects if the router's address or login changed.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Adds a router; its name must be unique. Durable when it returns.
@@ -290,7 +305,10 @@ impl Registry {
         name: &str,
     ) -> Result<(), RegistryError> {
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.changed();
+                Ok(())
+            }
             Err(sled::transaction::TransactionError::Abort(TxAbort::Duplicate)) => {
                 Err(RegistryError::DuplicateName {
                     name: name.to_owned(),
@@ -393,6 +411,7 @@ impl Registry {
         self.tree
             .insert(record_key(id), value)
             .map_err(|e| self.store.map_sled(e))?;
+        self.changed();
         self.store.commit().await?;
         Ok(())
     }
@@ -579,6 +598,7 @@ impl Registry {
     ) -> Result<RemoteChange, RegistryError> {
         match result {
             Ok(change) => {
+                self.changed();
                 tracing::debug!(router = %id, ?change, "router from the controller applied");
                 Ok(change)
             }

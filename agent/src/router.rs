@@ -28,7 +28,7 @@ pub enum TlsMode {
 }
 
 /// Everything needed to talk to one router.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouterEndpoint {
     /// The router's id.
     pub id: RouterId,

@@ -693,3 +693,90 @@ fn backoff_has_full_jitter_under_a_doubling_ceiling() {
         assert!(*d <= p.backoff_ceiling(i as u32 + 1));
     }
 }
+
+/// Routers whose endpoints a test changes, as the uplink's `router_config` does.
+struct Moving {
+    table: std::sync::Mutex<HashMap<RouterId, RouterEndpoint>>,
+    changes: std::sync::atomic::AtomicU64,
+}
+
+impl Routers for Moving {
+    fn endpoint(
+        &self,
+        id: RouterId,
+    ) -> Result<RouterEndpoint, tikfleet_agent::routeros::DriverError> {
+        self.table.lock().unwrap().get(&id).cloned().ok_or_else(|| {
+            tikfleet_agent::routeros::DriverError::new(ErrorCode::NotFound, "no such router")
+        })
+    }
+
+    fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_router_that_moved_is_reached_at_its_new_address() {
+    within(async {
+        let mut rig = Rig::new(2, "admin").await;
+        let mut moved = rig.routers[0].clone();
+        let routers = Arc::new(Moving {
+            table: std::sync::Mutex::new(HashMap::from([(moved.id, moved.clone())])),
+            changes: std::sync::atomic::AtomicU64::new(0),
+        });
+        let exec = Executor::new(
+            Arc::clone(&rig.queue),
+            Arc::clone(&rig.outbox),
+            Arc::clone(&routers) as Arc<dyn Routers>,
+            Arc::new(rig.clock.clone()) as SharedClock,
+            config(),
+        );
+        let (tx, rx) = oneshot::channel::<()>();
+        rig.stop = Some(tx);
+        rig.task = Some(tokio::spawn(async move {
+            exec.run(async {
+                let _ = rx.await;
+            })
+            .await;
+        }));
+
+        let id = rig
+            .enqueue(rig.job(0, Priority::Normal, secret("hana", "default")))
+            .await;
+        rig.wait_status(id, JobStatus::Succeeded).await;
+        assert_eq!(rig.secret_names(0), ["hana"]);
+
+        // The router's address changes (the simulator's second router stands for its new
+        // place): the next job goes there, over a new connection.
+        moved.host.clone_from(&rig.routers[1].host);
+        moved.api_port = rig.routers[1].api_port;
+        routers.table.lock().unwrap().insert(moved.id, moved);
+        routers
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = rig
+            .enqueue(rig.job(0, Priority::Normal, secret("ines", "default")))
+            .await;
+        rig.wait_status(id, JobStatus::Succeeded).await;
+        assert_eq!(rig.secret_names(1), ["ines"]);
+        assert_eq!(rig.secret_names(0), ["hana"]);
+
+        // A change elsewhere that leaves this router as it is keeps its connection.
+        let connections = |rig: &Rig| {
+            lock(&rig.sim.router(1).stats)
+                .view(None, Instant::now())
+                .connections
+        };
+        let before = connections(&rig);
+        routers
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = rig
+            .enqueue(rig.job(0, Priority::Normal, secret("jo", "default")))
+            .await;
+        rig.wait_status(id, JobStatus::Succeeded).await;
+        assert_eq!(connections(&rig), before);
+        rig.stop().await;
+    })
+    .await;
+}
