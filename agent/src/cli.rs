@@ -472,11 +472,23 @@ async fn run_agent(
         // An idle one-shot run ends the uplink too.
         let _ = stop.send(true);
     };
+    // The uplink's end is reported the moment it happens (a revocation while jobs keep
+    // running is news for whoever watches the log), and the final line repeats it.
+    let live = std::cell::RefCell::new(&mut *out);
     let run_uplink = async {
-        match uplink {
+        let end = match uplink {
             Some(mut uplink) => Some(uplink.run(stopped.clone()).await),
             None => None,
+        };
+        if let Some(UplinkEnd::Revoked(reason)) = &end {
+            let mut out = live.borrow_mut();
+            let _ = writeln!(
+                out,
+                "the controller revoked this agent: {reason}; no longer connecting (jobs already queued keep running)"
+            );
+            let _ = out.flush();
         }
+        end
     };
     let signal = async {
         let mut rx = stopped.clone();
@@ -501,6 +513,7 @@ async fn run_agent(
     if let Some(UplinkEnd::Revoked(reason)) = uplink_end {
         writeln!(out, "the controller revoked this agent: {reason}").map_err(write_err)?;
     }
+    out.flush().map_err(write_err)?;
     Ok(())
 }
 

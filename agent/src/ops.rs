@@ -614,12 +614,14 @@ async fn finish_account(
 const BUILTIN_PROFILE: &str = "default";
 
 /// The outcome of the profile an account job carries: a profile that exists but is not ours
-/// (an administrator's, or a built-in one) is left as it is — the account only needs it to
-/// exist — and any other error fails the job.
+/// (an administrator's, or a built-in one), or that a job running beside this one added first,
+/// is left as it is — the account only needs it to exist — and any other error fails the job.
 fn profile_first(outcome: Result<OpOutcome, DriverError>) -> Result<(), DriverError> {
     match outcome {
         Ok(_) => Ok(()),
-        Err(e) if e.code() == ErrorCode::Conflict => Ok(()),
+        // Another account job on the same new plan added the profile between our print and
+        // our add: it exists now, which is all this account needs.
+        Err(e) if matches!(e.code(), ErrorCode::Conflict | ErrorCode::DuplicateName) => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -493,6 +493,34 @@ async fn an_account_job_makes_its_profile_first() {
             let s = row(&sim, "/ppp/secret", "name", "alice").unwrap();
             assert_eq!(s["profile"], "plan-10m", "{version}");
 
+            // Accounts on a new plan, at once: each sees no profile and adds it; all but one
+            // hear "already exists" — the profile is there, and every account is made.
+            let JobOp::UpsertProfile {
+                profile: Profile::Ppp(mut fresh),
+            } = ppp_profile("30M/30M")
+            else {
+                unreachable!("ppp_profile makes a PPP profile")
+            };
+            fresh.name = "plan-30m".into();
+            let ops: Vec<JobOp> = (0..8)
+                .map(|i| {
+                    let mut s = secret("plan-30m", None);
+                    s.name = format!("burst-{i}");
+                    JobOp::UpsertPppSecret {
+                        secret: s,
+                        profile: Some(Box::new(fresh.clone())),
+                    }
+                })
+                .collect();
+            let results =
+                futures_util::future::join_all(ops.iter().map(|op| execute(&client, op))).await;
+            for r in results {
+                r.unwrap_or_else(|e| panic!("{version}: {e}"));
+            }
+            for i in 0..8 {
+                assert!(row(&sim, "/ppp/secret", "name", &format!("burst-{i}")).is_some());
+            }
+
             // A profile that exists but is not ours (the built-in `default`) is left alone and
             // the account still goes on it.
             let builtin = JobOp::UpsertHotspotUser {

@@ -85,8 +85,12 @@ mod tests {
 
     #[test]
     fn bad_pems_are_refused_and_good_ones_accepted() {
-        let hub = tikfleet_controller::hub::HubTls::self_signed(&["localhost".into()]).unwrap();
-        assert!(client_config(hub.ca_pem(), None).is_ok());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let hub = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert!(client_config(Some(&hub.pem()), None).is_ok());
         assert!(matches!(
             client_config(Some("not a pem"), None),
             Err(TlsConfigError::BadPem {

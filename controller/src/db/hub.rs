@@ -4,8 +4,13 @@
 //! the agent's tenant), jobs by their router's agent. [`HubStore::commit_records`] applies
 //! an agent's outbox records in one transaction together with the new committed seq, and
 //! skips seqs at or below it, so a resent record takes effect once.
+//!
+//! The hub's reads for pushing ([`HubStore::push_reads`]) take many agents at once: each query
+//! names up to [`AGENTS_PER_QUERY`] agents (`agent_id IN (...)`) and the rows are handed to
+//! the agent they belong to. The single-agent reads are the same queries with one agent, so
+//! there is one SQL text for each.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -24,7 +29,9 @@ use super::sql::Sql;
 use super::subscribers::{SUBSCRIBER_COLUMNS, subscriber_with_password};
 use super::{Db, DbError, RowExt as _, to_i64};
 use crate::compile;
-use crate::hub::{AgentIdentity, AgentKey, HubStore, RouterForAgent};
+use crate::hub::{
+    AgentIdentity, AgentKey, Delivered, HubStore, PushRead, PushRequest, RouterForAgent,
+};
 
 /// The agent's tenant and name, or `None` if it was never enrolled.
 async fn agent_row<'c, E>(e: E, agent: AgentId) -> Result<Option<(TenantId, String, i64)>, DbError>
@@ -43,48 +50,277 @@ where
     }
 }
 
+/// Agents (or routers) named in one query of the hub's reads.
+const AGENTS_PER_QUERY: usize = 500;
+
+/// Appends `(v1, v2, ...)` as bound values; `ids` must not be empty.
+fn push_in(q: &mut Sql, ids: impl IntoIterator<Item = String>) {
+    q.push("(");
+    for (i, id) in ids.into_iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.bind(id);
+    }
+    q.push(")");
+}
+
+/// A router as the hub reads it: whose it is, what the agent is told, its generation.
+struct HubRouter {
+    agent: AgentId,
+    router: RouterForAgent,
+    generation: u64,
+}
+
 impl Db {
-    async fn compile_router(
+    /// Every router (tombstones included) of `agents` in their own tenant, by router id.
+    async fn hub_routers(
+        conn: &mut sqlx::AnyConnection,
+        agents: &[AgentId],
+    ) -> Result<Vec<HubRouter>, DbError> {
+        let mut out = Vec::new();
+        for chunk in agents.chunks(AGENTS_PER_QUERY) {
+            let mut q = Sql::new(
+                "SELECT r.id, r.tenant_id, r.agent_id, r.name, r.address, r.api_port, r.ssh_port, \
+                 r.tls, r.username, r.sealed_password, r.revision, r.generation, r.deleted_at \
+                 FROM routers r JOIN agents a ON a.id = r.agent_id \
+                 WHERE r.tenant_id = a.tenant_id AND r.agent_id IN ",
+            );
+            push_in(&mut q, chunk.iter().map(ToString::to_string));
+            q.push(" ORDER BY r.id");
+            for row in q.fetch_all(&mut *conn).await? {
+                let port = |c: &str| -> Result<u16, DbError> {
+                    u16::try_from(row.int(c)?).map_err(|_| DbError::Corrupt(c.into()))
+                };
+                out.push(HubRouter {
+                    agent: row.parse("agent_id")?,
+                    generation: row.uint("generation")?,
+                    router: RouterForAgent {
+                        router_id: row.parse("id")?,
+                        tenant_id: row.parse("tenant_id")?,
+                        name: row.text("name")?,
+                        address: row.text("address")?,
+                        api_port: port("api_port")?,
+                        ssh_port: port("ssh_port")?,
+                        tls: parse_tls(&row.text("tls")?)?,
+                        username: row.text("username")?,
+                        sealed_password: STANDARD
+                            .decode(row.text("sealed_password")?)
+                            .map_err(|_| DbError::Corrupt("sealed_password".into()))?,
+                        revision: row.uint("revision")?,
+                        removed: row.opt_int("deleted_at")?.is_some(),
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Compiles the desired state of each `(router, tenant, generation)`, in order, from the
+    /// router's subscribers of its tenant and their plans.
+    async fn compile_routers(
         &self,
         conn: &mut sqlx::AnyConnection,
-        router: RouterId,
-        tenant: TenantId,
-        generation: u64,
-    ) -> Result<DesiredState, DbError> {
-        let mut q = Sql::new("SELECT ");
-        q.push(SUBSCRIBER_COLUMNS)
-            .push(" FROM subscribers WHERE router_id = ")
-            .bind(router.to_string())
-            .push(" AND tenant_id = ")
-            .bind(tenant.to_string());
-        let rows = q.fetch_all(&mut *conn).await?;
-        let subscribers = rows
+        targets: &[(RouterId, TenantId, u64)],
+    ) -> Result<Vec<DesiredState>, DbError> {
+        let mut subscribers: HashMap<RouterId, Vec<_>> = HashMap::new();
+        let mut plans: HashMap<TenantId, BTreeMap<uuid::Uuid, super::plans::Plan>> = HashMap::new();
+        let tenants: HashMap<RouterId, TenantId> = targets.iter().map(|t| (t.0, t.1)).collect();
+        for chunk in targets.chunks(AGENTS_PER_QUERY) {
+            let routers = || chunk.iter().map(|t| t.0.to_string());
+            let mut q = Sql::new("SELECT ");
+            q.push(SUBSCRIBER_COLUMNS)
+                .push(" FROM subscribers WHERE router_id IN ");
+            push_in(&mut q, routers());
+            for row in q.fetch_all(&mut *conn).await? {
+                let (sub, password) = subscriber_with_password(self.key(), &row)?;
+                if tenants.get(&sub.router_id) == Some(&sub.tenant_id) {
+                    subscribers
+                        .entry(sub.router_id)
+                        .or_default()
+                        .push((sub, password));
+                }
+            }
+            let mut q = Sql::new("SELECT ");
+            q.push(super::plans::PLAN_COLUMNS).push(
+                " FROM plans WHERE id IN (SELECT plan_id FROM subscribers WHERE router_id IN ",
+            );
+            push_in(&mut q, routers());
+            q.push(")");
+            for row in q.fetch_all(&mut *conn).await? {
+                let plan = super::plans::plan(&row)?;
+                plans
+                    .entry(plan.tenant_id)
+                    .or_default()
+                    .insert(plan.id, plan);
+            }
+        }
+        let (no_plans, no_subscribers) = (BTreeMap::new(), Vec::new());
+        let now = self.now();
+        Ok(targets
             .iter()
-            .map(|r| subscriber_with_password(self.key(), r))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut q = Sql::new("SELECT ");
-        q.push(super::plans::PLAN_COLUMNS)
-            .push(" FROM plans WHERE tenant_id = ")
-            .bind(tenant.to_string())
-            .push(" AND id IN (SELECT plan_id FROM subscribers WHERE router_id = ")
-            .bind(router.to_string())
-            .push(")");
-        let plans = q
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|r| super::plans::plan(r).map(|p| (p.id, p)))
-            .collect::<Result<BTreeMap<_, _>, _>>()?;
-        Ok(compile::desired_state(
-            &compile::RouterRows {
-                router_id: router,
-                tenant_id: tenant,
-                generation,
-                plans: &plans,
-                subscribers: &subscribers,
-            },
-            self.now(),
-        ))
+            .map(|&(router, tenant, generation)| {
+                compile::desired_state(
+                    &compile::RouterRows {
+                        router_id: router,
+                        tenant_id: tenant,
+                        generation,
+                        plans: plans.get(&tenant).unwrap_or(&no_plans),
+                        subscribers: subscribers.get(&router).unwrap_or(&no_subscribers),
+                    },
+                    now,
+                )
+            })
+            .collect())
+    }
+
+    /// The desired states of `routers` newer than `known` says the agent stores.
+    async fn newer_states<'r>(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        routers: impl IntoIterator<Item = &'r HubRouter>,
+        known: &[RouterGenerations],
+    ) -> Result<Vec<DesiredState>, DbError> {
+        let known: HashMap<RouterId, u64> = known.iter().map(|r| (r.router_id, r.stored)).collect();
+        let targets: Vec<_> = routers
+            .into_iter()
+            .filter(|r| {
+                !r.router.removed
+                    && r.generation > known.get(&r.router.router_id).copied().unwrap_or(0)
+            })
+            .map(|r| (r.router.router_id, r.router.tenant_id, r.generation))
+            .collect();
+        self.compile_routers(conn, &targets).await
+    }
+
+    /// Jobs of `agents`' routers not acknowledged yet and free to go (see
+    /// [`HubStore::undelivered_jobs`]), oldest first.
+    async fn hub_jobs(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        agents: &[AgentId],
+    ) -> Result<Vec<Job>, DbError> {
+        let mut out = Vec::new();
+        for chunk in agents.chunks(AGENTS_PER_QUERY) {
+            // A job waits while an earlier unfinished job of its router changes the same item
+            // (order_key), or the item it needs (after_key): the agent runs a router's jobs by
+            // priority and several at once, so only what is delivered in order runs in order.
+            // When the earlier job's final update is committed, the hub reads again.
+            let mut q = Sql::new("SELECT ");
+            q.push(JOB_COLUMNS).push(
+                " FROM jobs j WHERE j.delivered_at IS NULL AND j.status = 'queued' AND j.router_id IN \
+                 (SELECT r.id FROM routers r JOIN agents a ON a.id = r.agent_id \
+                 WHERE r.deleted_at IS NULL AND r.tenant_id = a.tenant_id AND r.agent_id IN ",
+            );
+            push_in(&mut q, chunk.iter().map(ToString::to_string));
+            q.push(
+                ") AND (j.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs p \
+                 WHERE p.router_id = j.router_id \
+                 AND (p.order_key = j.order_key OR p.order_key = j.after_key) \
+                 AND p.status IN ('queued', 'running', 'retrying') \
+                 AND (p.created_at < j.created_at OR (p.created_at = j.created_at AND p.id < j.id)))) \
+                 ORDER BY j.created_at, j.id",
+            );
+            for row in q.fetch_all(&mut *conn).await? {
+                out.push(wire_job(self.key(), &row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Cancelled jobs of `agents`' routers whose cancel is not acknowledged yet, oldest first,
+    /// with their router.
+    async fn hub_cancels(
+        conn: &mut sqlx::AnyConnection,
+        agents: &[AgentId],
+    ) -> Result<Vec<(RouterId, JobId)>, DbError> {
+        let mut out = Vec::new();
+        for chunk in agents.chunks(AGENTS_PER_QUERY) {
+            let mut q = Sql::new(
+                "SELECT id, router_id FROM jobs WHERE status = 'cancelled' AND cancel_delivered_at IS NULL \
+                 AND router_id IN (SELECT r.id FROM routers r JOIN agents a ON a.id = r.agent_id \
+                 WHERE r.tenant_id = a.tenant_id AND r.agent_id IN ",
+            );
+            push_in(&mut q, chunk.iter().map(ToString::to_string));
+            q.push(") ORDER BY updated_at, id");
+            for row in q.fetch_all(&mut *conn).await? {
+                out.push((row.parse("router_id")?, row.parse("id")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks `jobs` of `agent`'s routers delivered (see [`HubStore::jobs_delivered`]).
+    async fn mark_jobs_delivered(
+        conn: &mut sqlx::AnyConnection,
+        agent: AgentId,
+        jobs: &[JobId],
+        now: UnixMillis,
+    ) -> Result<(), DbError> {
+        for chunk in jobs.chunks(200) {
+            let mut q = Sql::new("UPDATE jobs SET delivered_at = ");
+            q.bind(now.as_millis())
+                .push(" WHERE delivered_at IS NULL AND id IN (");
+            for (i, id) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.bind(id.to_string());
+            }
+            q.push(") AND router_id IN (SELECT id FROM routers WHERE agent_id = ")
+                .bind(agent.to_string())
+                .push(")");
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the desired-state generations `agent` stored (see [`HubStore::states_stored`]).
+    async fn mark_states_stored(
+        conn: &mut sqlx::AnyConnection,
+        agent: AgentId,
+        states: &[(RouterId, u64)],
+    ) -> Result<(), DbError> {
+        for (router, generation) in states {
+            let generation = to_i64(*generation);
+            let mut q = Sql::new("UPDATE routers SET stored_generation = ");
+            q.bind(generation)
+                .push(" WHERE id = ")
+                .bind(router.to_string())
+                .push(" AND agent_id = ")
+                .bind(agent.to_string())
+                .push(" AND stored_generation < ")
+                .bind(generation);
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks the cancels of `jobs` delivered (see [`HubStore::cancels_delivered`]).
+    async fn mark_cancels_delivered(
+        conn: &mut sqlx::AnyConnection,
+        agent: AgentId,
+        jobs: &[JobId],
+        now: UnixMillis,
+    ) -> Result<(), DbError> {
+        for chunk in jobs.chunks(200) {
+            // Only while still cancelled: a job re-queued meanwhile is not marked, so a
+            // later cancel of it goes out again.
+            let mut q = Sql::new("UPDATE jobs SET cancel_delivered_at = ");
+            q.bind(now.as_millis())
+                .push(" WHERE cancel_delivered_at IS NULL AND status = 'cancelled' AND id IN (");
+            for (i, id) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.bind(id.to_string());
+            }
+            q.push(") AND router_id IN (SELECT id FROM routers WHERE agent_id = ")
+                .bind(agent.to_string())
+                .push(")");
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
     }
 
     fn agent_audit_row(
@@ -214,9 +450,15 @@ impl Db {
                         }
                         None => {}
                     }
-                    q.push(" WHERE id = ")
-                        .bind(u.job_id.to_string())
-                        .push(" AND tenant_id = ")
+                    q.push(" WHERE id = ").bind(u.job_id.to_string());
+                    if u.status != tikfleet_shared::job::JobStatus::Succeeded {
+                        // Staff cancelled it: an update the agent wrote before the cancel
+                        // reached it (running, retrying, or failing the attempt it was in)
+                        // does not bring it back. Only a success lands: the job did run
+                        // before the cancel arrived, and the router has its effect.
+                        q.push(" AND status <> 'cancelled'");
+                    }
+                    q.push(" AND tenant_id = ")
                         .bind(tenant.to_string())
                         .push(" AND router_id IN (SELECT id FROM routers WHERE agent_id = ")
                         .bind(agent.to_string())
@@ -368,35 +610,9 @@ impl HubStore for Db {
     }
 
     async fn routers_for_agent(&self, agent: AgentId) -> anyhow::Result<Vec<RouterForAgent>> {
-        let mut q = Sql::new(
-            "SELECT r.id, r.tenant_id, r.name, r.address, r.api_port, r.ssh_port, r.tls, r.username, \
-             r.sealed_password, r.revision, r.deleted_at FROM routers r JOIN agents a ON a.id = r.agent_id \
-             WHERE r.tenant_id = a.tenant_id AND r.agent_id = ",
-        );
-        q.bind(agent.to_string()).push(" ORDER BY r.id");
-        let rows = q.fetch_all(self.pool()).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let port = |c: &str| -> Result<u16, DbError> {
-                u16::try_from(row.int(c)?).map_err(|_| DbError::Corrupt(c.into()))
-            };
-            out.push(RouterForAgent {
-                router_id: row.parse("id")?,
-                tenant_id: row.parse("tenant_id")?,
-                name: row.text("name")?,
-                address: row.text("address")?,
-                api_port: port("api_port")?,
-                ssh_port: port("ssh_port")?,
-                tls: parse_tls(&row.text("tls")?)?,
-                username: row.text("username")?,
-                sealed_password: STANDARD
-                    .decode(row.text("sealed_password")?)
-                    .map_err(|_| DbError::Corrupt("sealed_password".into()))?,
-                revision: row.uint("revision")?,
-                removed: row.opt_int("deleted_at")?.is_some(),
-            });
-        }
-        Ok(out)
+        let mut conn = self.pool().acquire().await?;
+        let routers = Self::hub_routers(&mut conn, &[agent]).await?;
+        Ok(routers.into_iter().map(|r| r.router).collect())
     }
 
     async fn desired_states(
@@ -404,68 +620,156 @@ impl HubStore for Db {
         agent: AgentId,
         known: &[RouterGenerations],
     ) -> anyhow::Result<Vec<DesiredState>> {
-        let known: BTreeMap<RouterId, u64> =
-            known.iter().map(|r| (r.router_id, r.stored)).collect();
         let mut conn = self.pool().acquire().await?;
-        let mut q = Sql::new(
-            "SELECT r.id, r.tenant_id, r.generation FROM routers r JOIN agents a ON a.id = r.agent_id \
-             WHERE r.deleted_at IS NULL AND r.tenant_id = a.tenant_id AND r.agent_id = ",
-        );
-        q.bind(agent.to_string()).push(" ORDER BY r.id");
-        let rows = q.fetch_all(&mut *conn).await?;
-        let mut out = Vec::new();
-        for row in rows {
-            let router: RouterId = row.parse("id")?;
-            let generation = row.uint("generation")?;
-            if generation <= known.get(&router).copied().unwrap_or(0) {
-                continue;
-            }
-            let tenant: TenantId = row.parse("tenant_id")?;
-            out.push(
-                self.compile_router(&mut conn, router, tenant, generation)
-                    .await?,
-            );
-        }
-        Ok(out)
+        let routers = Self::hub_routers(&mut conn, &[agent]).await?;
+        Ok(self.newer_states(&mut conn, &routers, known).await?)
     }
 
     async fn undelivered_jobs(&self, agent: AgentId) -> anyhow::Result<Vec<Job>> {
-        let mut q = Sql::new("SELECT ");
-        q.push(JOB_COLUMNS)
-            .push(
-                " FROM jobs WHERE delivered_at IS NULL AND status = 'queued' AND router_id IN \
-                 (SELECT r.id FROM routers r JOIN agents a ON a.id = r.agent_id \
-                 WHERE r.deleted_at IS NULL AND r.tenant_id = a.tenant_id AND r.agent_id = ",
-            )
-            .bind(agent.to_string())
-            .push(") ORDER BY created_at, id");
-        let rows = q.fetch_all(self.pool()).await?;
-        Ok(rows
+        let mut conn = self.pool().acquire().await?;
+        Ok(self.hub_jobs(&mut conn, &[agent]).await?)
+    }
+
+    async fn undelivered_cancels(&self, agent: AgentId) -> anyhow::Result<Vec<JobId>> {
+        let mut conn = self.pool().acquire().await?;
+        let cancels = Self::hub_cancels(&mut conn, &[agent]).await?;
+        Ok(cancels.into_iter().map(|(_, job)| job).collect())
+    }
+
+    async fn push_reads(&self, requests: &[PushRequest]) -> anyhow::Result<Vec<PushRead>> {
+        let mut conn = self.pool().acquire().await?;
+        let mut agents: Vec<AgentId> = requests.iter().map(|r| r.agent).collect();
+        agents.sort_unstable();
+        agents.dedup();
+        let routers = Self::hub_routers(&mut conn, &agents).await?;
+        let mut by_agent: HashMap<AgentId, Vec<&HubRouter>> = HashMap::new();
+        for r in &routers {
+            by_agent.entry(r.agent).or_default().push(r);
+        }
+        let owner: HashMap<RouterId, AgentId> = routers
             .iter()
-            .map(|r| wire_job(self.key(), r))
-            .collect::<Result<Vec<_>, _>>()?)
+            .map(|r| (r.router.router_id, r.agent))
+            .collect();
+        let mut jobs: HashMap<AgentId, Vec<Job>> = HashMap::new();
+        for job in self.hub_jobs(&mut conn, &agents).await? {
+            if let Some(agent) = owner.get(&job.router_id) {
+                jobs.entry(*agent).or_default().push(job);
+            }
+        }
+        let mut cancels: HashMap<AgentId, Vec<JobId>> = HashMap::new();
+        for (router, job) in Self::hub_cancels(&mut conn, &agents).await? {
+            if let Some(agent) = owner.get(&router) {
+                cancels.entry(*agent).or_default().push(job);
+            }
+        }
+        // Desired states: one compile pass over every router some request needs.
+        let none = Vec::new();
+        let mut wanted: Vec<Vec<RouterId>> = Vec::with_capacity(requests.len());
+        let mut targets = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for request in requests {
+            let known: HashMap<RouterId, u64> = request
+                .known
+                .iter()
+                .map(|g| (g.router_id, g.stored))
+                .collect();
+            let mine = by_agent.get(&request.agent).unwrap_or(&none);
+            let newer: Vec<RouterId> = mine
+                .iter()
+                .filter(|r| {
+                    !r.router.removed
+                        && r.generation > known.get(&r.router.router_id).copied().unwrap_or(0)
+                })
+                .map(|r| {
+                    if seen.insert(r.router.router_id) {
+                        targets.push((r.router.router_id, r.router.tenant_id, r.generation));
+                    }
+                    r.router.router_id
+                })
+                .collect();
+            wanted.push(newer);
+        }
+        let compiled: HashMap<RouterId, DesiredState> = self
+            .compile_routers(&mut conn, &targets)
+            .await?
+            .into_iter()
+            .map(|state| (state.router_id, state))
+            .collect();
+        Ok(requests
+            .iter()
+            .zip(wanted)
+            .map(|(request, newer)| PushRead {
+                routers: by_agent
+                    .get(&request.agent)
+                    .unwrap_or(&none)
+                    .iter()
+                    .map(|r| r.router.clone())
+                    .collect(),
+                states: newer
+                    .iter()
+                    .filter_map(|router| compiled.get(router).cloned())
+                    .collect(),
+                jobs: jobs.get(&request.agent).cloned().unwrap_or_default(),
+                cancels: cancels.get(&request.agent).cloned().unwrap_or_default(),
+            })
+            .collect())
     }
 
     async fn jobs_delivered(&self, agent: AgentId, jobs: &[JobId]) -> anyhow::Result<()> {
-        if jobs.is_empty() {
+        self.record_deliveries(&[Delivered {
+            agent,
+            jobs: jobs.to_vec(),
+            states: Vec::new(),
+            cancels: Vec::new(),
+        }])
+        .await
+    }
+
+    async fn states_stored(
+        &self,
+        agent: AgentId,
+        states: &[(RouterId, u64)],
+    ) -> anyhow::Result<()> {
+        self.record_deliveries(&[Delivered {
+            agent,
+            jobs: Vec::new(),
+            states: states.to_vec(),
+            cancels: Vec::new(),
+        }])
+        .await
+    }
+
+    async fn cancels_delivered(&self, agent: AgentId, jobs: &[JobId]) -> anyhow::Result<()> {
+        self.record_deliveries(&[Delivered {
+            agent,
+            jobs: Vec::new(),
+            states: Vec::new(),
+            cancels: jobs.to_vec(),
+        }])
+        .await
+    }
+
+    async fn record_deliveries(&self, batch: &[Delivered]) -> anyhow::Result<()> {
+        if batch
+            .iter()
+            .all(|d| d.jobs.is_empty() && d.states.is_empty() && d.cancels.is_empty())
+        {
             return Ok(());
         }
+        // One transaction for every agent in the batch: on SQLite one write lock taken once
+        // instead of once per ack.
         let now = self.now();
         let mut tx = self.begin().await?;
-        for chunk in jobs.chunks(200) {
-            let mut q = Sql::new("UPDATE jobs SET delivered_at = ");
-            q.bind(now.as_millis())
-                .push(" WHERE delivered_at IS NULL AND id IN (");
-            for (i, id) in chunk.iter().enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
-                q.bind(id.to_string());
+        for d in batch {
+            if !d.jobs.is_empty() {
+                Self::mark_jobs_delivered(&mut tx, d.agent, &d.jobs, now).await?;
             }
-            q.push(") AND router_id IN (SELECT id FROM routers WHERE agent_id = ")
-                .bind(agent.to_string())
-                .push(")");
-            q.execute(&mut *tx).await?;
+            if !d.states.is_empty() {
+                Self::mark_states_stored(&mut tx, d.agent, &d.states).await?;
+            }
+            if !d.cancels.is_empty() {
+                Self::mark_cancels_delivered(&mut tx, d.agent, &d.cancels, now).await?;
+            }
         }
         tx.commit().await?;
         Ok(())

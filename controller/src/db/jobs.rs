@@ -155,6 +155,54 @@ pub(crate) fn wire_job(key: &AtRestKey, row: &sqlx::any::AnyRow) -> Result<Job, 
     })
 }
 
+/// The router item a job changes and the item it needs first, as the hub orders delivery
+/// by them (see `undelivered_jobs`): `(order_key, after_key)`. Jobs on one account, one
+/// profile or one address-list entry reach the agent one at a time, in the order staff made
+/// them; an account's upsert waits for its profile's pending upsert.
+#[must_use]
+pub fn order_keys(op: &JobOp) -> (Option<String>, Option<String>) {
+    use tikfleet_shared::domain::AccountKind;
+    let kind = |k: AccountKind| match k {
+        AccountKind::Ppp => "ppp",
+        AccountKind::Hotspot => "hotspot",
+    };
+    let account = |k: AccountKind, name: &str| Some(format!("account:{}:{name}", kind(k)));
+    let profile = |k: AccountKind, name: &str| Some(format!("profile:{}:{name}", kind(k)));
+    match op {
+        JobOp::UpsertPppSecret { secret, .. } => (
+            account(AccountKind::Ppp, &secret.name),
+            profile(AccountKind::Ppp, &secret.profile),
+        ),
+        JobOp::UpsertHotspotUser { user, .. } => (
+            account(AccountKind::Hotspot, &user.name),
+            profile(AccountKind::Hotspot, &user.profile),
+        ),
+        JobOp::DeletePppSecret { name } => (account(AccountKind::Ppp, name), None),
+        JobOp::DeleteHotspotUser { name } => (account(AccountKind::Hotspot, name), None),
+        JobOp::SetProfile {
+            account: a,
+            profile: p,
+        } => (account(a.kind, &a.name), profile(a.kind, p)),
+        JobOp::Enable { account: a }
+        | JobOp::Disable { account: a }
+        | JobOp::DisconnectSession { account: a } => (account(a.kind, &a.name), None),
+        JobOp::UpsertProfile { profile: p } => (profile(p.kind(), p.name()), None),
+        JobOp::DeleteProfile { kind: k, name } => (profile(*k, name), None),
+        JobOp::AddAddressListEntry { entry } => (
+            Some(format!("address-list:{}:{}", entry.list, entry.address)),
+            None,
+        ),
+        JobOp::RemoveAddressListEntry { list, address } => {
+            (Some(format!("address-list:{list}:{address}")), None)
+        }
+        JobOp::Reboot {}
+        | JobOp::BackupNow { .. }
+        | JobOp::Restore { .. }
+        | JobOp::RotateCredentials {}
+        | JobOp::DriftCheck {} => (None, None),
+    }
+}
+
 /// A job to queue.
 pub(crate) struct NewJob<'a> {
     pub(crate) tenant: TenantId,
@@ -171,47 +219,80 @@ pub(crate) async fn insert_job(
     key: &AtRestKey,
     job: NewJob<'_>,
 ) -> Result<JobId, DbError> {
-    let NewJob {
-        tenant,
-        router,
-        idempotency_key,
-        priority,
-        op,
-        now,
-    } = job;
-    let id = JobId::new();
-    let json = zeroize::Zeroizing::new(
-        serde_json::to_vec(op).map_err(|e| DbError::Corrupt(e.to_string()))?,
-    );
-    let sealed = key.encrypt(&op_context(id), &json)?;
-    let mut q = Sql::new(
-        "INSERT INTO jobs (id, tenant_id, router_id, kind, op, idempotency_key, priority, max_attempts, \
-         status, created_at, updated_at) VALUES (",
-    );
-    q.bind(id.to_string())
-        .push(", ")
-        .bind(tenant.to_string())
-        .push(", ")
-        .bind(router.to_string())
-        .push(", ")
-        .bind(op.name().to_owned())
-        .push(", ")
-        .bind(sealed)
-        .push(", ")
-        .bind(idempotency_key.clone())
-        .push(", ")
-        .bind(priority_name(priority).to_owned())
-        .push(", ")
-        .bind(i64::from(DEFAULT_MAX_ATTEMPTS))
-        .push(", 'queued', ")
-        .bind(now.as_millis())
-        .push(", ")
-        .bind(now.as_millis())
-        .push(")");
-    q.execute(&mut **tx).await.map_err(unique_as(format!(
-        "a job with idempotency key {idempotency_key:?} already exists"
-    )))?;
-    Ok(id)
+    let ids = insert_jobs(tx, key, std::iter::once(job)).await?;
+    ids.into_iter()
+        .next()
+        .ok_or_else(|| DbError::Corrupt("no job was inserted".into()))
+}
+
+/// Rows per multi-row `INSERT` (13 values each, far below both databases' bind limits).
+const INSERT_CHUNK: usize = 200;
+
+/// Queues jobs inside a transaction, many rows per statement (a plan change queues one per
+/// router); each operation is encrypted at rest. Returns their ids in order.
+pub(crate) async fn insert_jobs<'a>(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    key: &AtRestKey,
+    jobs: impl IntoIterator<Item = NewJob<'a>>,
+) -> Result<Vec<JobId>, DbError> {
+    let mut ids = Vec::new();
+    let mut jobs = jobs.into_iter().peekable();
+    while jobs.peek().is_some() {
+        let mut q = Sql::new(
+            "INSERT INTO jobs (id, tenant_id, router_id, kind, op, idempotency_key, priority, max_attempts, \
+             order_key, after_key, status, created_at, updated_at) VALUES ",
+        );
+        let mut keys = Vec::new();
+        for job in jobs.by_ref().take(INSERT_CHUNK) {
+            let NewJob {
+                tenant,
+                router,
+                idempotency_key,
+                priority,
+                op,
+                now,
+            } = job;
+            let id = JobId::new();
+            let json = zeroize::Zeroizing::new(
+                serde_json::to_vec(op).map_err(|e| DbError::Corrupt(e.to_string()))?,
+            );
+            let sealed = key.encrypt(&op_context(id), &json)?;
+            let (order_key, after_key) = order_keys(op);
+            q.push(if keys.is_empty() { "(" } else { ", (" });
+            q.bind(id.to_string())
+                .push(", ")
+                .bind(tenant.to_string())
+                .push(", ")
+                .bind(router.to_string())
+                .push(", ")
+                .bind(op.name().to_owned())
+                .push(", ")
+                .bind(sealed)
+                .push(", ")
+                .bind(idempotency_key.clone())
+                .push(", ")
+                .bind(priority_name(priority).to_owned())
+                .push(", ")
+                .bind(i64::from(DEFAULT_MAX_ATTEMPTS))
+                .push(", ")
+                .bind(order_key)
+                .push(", ")
+                .bind(after_key)
+                .push(", 'queued', ")
+                .bind(now.as_millis())
+                .push(", ")
+                .bind(now.as_millis())
+                .push(")");
+            keys.push(idempotency_key);
+            ids.push(id);
+        }
+        let conflict = match keys.as_slice() {
+            [one] => format!("a job with idempotency key {one:?} already exists"),
+            _ => "a job with one of these idempotency keys already exists".to_owned(),
+        };
+        q.execute(&mut **tx).await.map_err(unique_as(conflict))?;
+    }
+    Ok(ids)
 }
 
 impl Db {
@@ -269,7 +350,7 @@ impl Db {
         self.change_job(staff, id, "job.requeue", |status| {
             if matches!(status, JobStatus::Failed | JobStatus::Cancelled) {
                 Ok("UPDATE jobs SET status = 'queued', attempts = 0, progress_done = 0, error = NULL, \
-                    detail = NULL, delivered_at = NULL, updated_at = ")
+                    detail = NULL, delivered_at = NULL, cancel_delivered_at = NULL, updated_at = ")
             } else {
                 Err(DbError::Conflict(format!(
                     "only a failed or cancelled job can be re-queued; this one is {}",

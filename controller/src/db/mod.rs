@@ -244,13 +244,29 @@ fn migrator() -> Migrator {
     // Built by hand (instead of `sqlx::migrate!`, which needs sqlx's macros) from the same
     // files, embedded at compile time.
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            Cow::Borrowed(include_str!("../../migrations/0001_init.sql")),
-            false,
-        )]),
+        migrations: Cow::Owned(vec![
+            Migration::new(
+                1,
+                Cow::Borrowed("init"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0001_init.sql")),
+                false,
+            ),
+            Migration::new(
+                2,
+                Cow::Borrowed("job delivery"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0002_job_delivery.sql")),
+                false,
+            ),
+            Migration::new(
+                3,
+                Cow::Borrowed("hub indexes"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0003_hub_indexes.sql")),
+                false,
+            ),
+        ]),
         ..Migrator::DEFAULT
     }
 }

@@ -14,8 +14,13 @@
 //! - **Push.** On welcome and on each [`AgentSignals`] change (subscribed to before the first
 //!   read), the store is read again and what is new for this connection ([`Outgoing`]) goes
 //!   out as durable messages with this connection's seqs (from 1): routers, then desired
-//!   states, then jobs. At most `HubConfig::window` of them are unacknowledged at a time; when
-//!   the agent's cumulative ack covers a job's seq, the store marks the job delivered.
+//!   states, then jobs, then cancels of jobs staff cancelled (`job_cancel`). At most
+//!   `HubConfig::window` of them are unacknowledged at a time; when the agent's cumulative
+//!   ack covers a job's or a cancel's seq, the store marks it delivered (and a desired
+//!   state's generation as stored, which the API's sync view shows).
+//! - **Order.** The store holds back a job while an earlier unfinished job of its router
+//!   changes the same item (see `HubStore::undelivered_jobs`); committing a job's final
+//!   update makes the session read the store again, so the next one goes out.
 //! - **Records.** The agent's records carry its outbox seqs. Consecutive ones are batched
 //!   (up to `HubConfig::record_batch`, or until no frame is waiting), committed with
 //!   [`HubStore::commit_records`], and only then acked; while a batch is full nothing more is
@@ -41,7 +46,7 @@ use tikfleet_shared::protocol::{
 };
 use tikfleet_shared::record::OutboxRecord;
 use tikfleet_shared::session::DurableStream;
-use tikfleet_shared::{AgentId, JobId, TenantId, UnixMillis};
+use tikfleet_shared::{AgentId, JobId, RouterId, TenantId, UnixMillis};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
@@ -51,10 +56,11 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use super::HubConfig;
 use super::auth::verify_hello;
+use super::batch::Batches;
 use super::connections::Connections;
 use super::outgoing::Outgoing;
 use super::signals::{AgentSignals, Signal};
-use super::store::HubStore;
+use super::store::{Delivered, HubStore, PushRead, PushRequest};
 use crate::clock::SharedClock;
 
 type Ws = WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>;
@@ -67,6 +73,8 @@ pub(crate) struct Shared<H> {
     pub config: HubConfig,
     pub connections: Connections,
     pub acceptor: TlsAcceptor,
+    /// Batches the sessions' store calls; started by the first `Hub::serve`.
+    pub batches: std::sync::OnceLock<Batches>,
 }
 
 /// The WebSocket limits: the codec's frame limit, small buffers for idle connections.
@@ -576,33 +584,45 @@ impl<H: HubStore> Conn<H> {
 
     /// Reads the store again and queues what is new for this connection.
     async fn refill(&mut self, s: &mut Session) -> Result<(), End> {
-        let store = &self.shared.store;
-        let unavailable = |what: &str, e: anyhow::Error| {
-            tracing::error!(agent = %s.agent, error = %e, "cannot read {what} for the agent");
+        // One read for routers, desired states, jobs and cancels, batched with the other
+        // sessions reading at the same time (see `batch`).
+        let request = PushRequest {
+            agent: s.agent,
+            known: s.outgoing.known(),
+        };
+        let read = match self.shared.batches.get() {
+            Some(batches) => batches.reads.call(request).await,
+            None => self
+                .shared
+                .store
+                .push_reads(std::slice::from_ref(&request))
+                .await
+                .and_then(|mut reads| {
+                    reads
+                        .pop()
+                        .ok_or_else(|| anyhow::anyhow!("the store answered no read"))
+                }),
+        };
+        let PushRead {
+            routers,
+            states,
+            jobs,
+            cancels,
+        } = read.map_err(|e| {
+            tracing::error!(agent = %s.agent, error = %e, "cannot read what to push to the agent");
             End::Close(
                 CloseCode::Internal,
                 "the controller cannot read its store right now; reconnect later".into(),
             )
-        };
-        let routers = store
-            .routers_for_agent(s.agent)
-            .await
-            .map_err(|e| unavailable("routers", e))?;
-        let states = store
-            .desired_states(s.agent, &s.outgoing.known())
-            .await
-            .map_err(|e| unavailable("desired states", e))?;
-        let jobs = store
-            .undelivered_jobs(s.agent)
-            .await
-            .map_err(|e| unavailable("jobs", e))?;
-        let (r, d, j) = (
+        })?;
+        let (r, d, j, c) = (
             s.outgoing.add_routers(routers),
             s.outgoing.add_states(states),
             s.outgoing.add_jobs(jobs),
+            s.outgoing.add_cancels(cancels),
         );
-        if r + d + j > 0 {
-            tracing::debug!(agent = %s.agent, routers = r, desired = d, jobs = j, "pushing");
+        if r + d + j + c > 0 {
+            tracing::debug!(agent = %s.agent, routers = r, desired = d, jobs = j, cancels = c, "pushing");
         }
         s.dirty = false;
         Ok(())
@@ -621,17 +641,37 @@ impl<H: HubStore> Conn<H> {
                 got: envelope.version,
             }));
         }
-        let acked = s.acked_jobs(envelope.ack);
+        let (acked, cancels, states) = s.acked_deliveries(envelope.ack);
         s.stream
             .on_ack(envelope.ack)
             .map_err(|e| End::protocol(&e))?;
-        if !acked.is_empty() {
-            match self.shared.store.jobs_delivered(s.agent, &acked).await {
-                Ok(()) => s.outgoing.delivered(&acked),
-                // Not marked: the job goes out again on the next connection, and the agent
-                // enqueues it once (by id).
+        if !acked.is_empty() || !states.is_empty() || !cancels.is_empty() {
+            // One batched transaction with other sessions' acks (see `batch`).
+            let delivered = Delivered {
+                agent: s.agent,
+                jobs: acked,
+                states,
+                cancels,
+            };
+            let recorded = match self.shared.batches.get() {
+                Some(batches) => batches.writes.call(delivered.clone()).await,
+                None => {
+                    self.shared
+                        .store
+                        .record_deliveries(std::slice::from_ref(&delivered))
+                        .await
+                }
+            };
+            match recorded {
+                Ok(()) => {
+                    s.outgoing.delivered(&delivered.jobs);
+                    s.outgoing.cancels_delivered(&delivered.cancels);
+                }
+                // Not marked: the jobs and cancels go out again on the next connection (the
+                // agent takes each once, by id), and the next hello reports the stored
+                // generations again.
                 Err(e) => {
-                    tracing::warn!(agent = %s.agent, error = %e, "cannot mark jobs delivered")
+                    tracing::warn!(agent = %s.agent, error = %e, "cannot record what the agent acknowledged");
                 }
             }
         }
@@ -655,6 +695,12 @@ impl<H: HubStore> Conn<H> {
     /// Commits the pending records, then acks them.
     async fn commit(&mut self, s: &mut Session) -> Result<(), End> {
         let last = s.pending.last().map_or(0, |(seq, _)| *seq);
+        // A finished job can release the jobs the store holds back behind it (same router
+        // item): read the store again once this commit is in.
+        let finished = s
+            .pending
+            .iter()
+            .any(|(_, r)| matches!(r, OutboxRecord::JobUpdate(u) if u.status.is_terminal()));
         let committed = self
             .shared
             .store
@@ -668,6 +714,9 @@ impl<H: HubStore> Conn<H> {
                 )
             })?;
         s.pending.clear();
+        if finished {
+            s.dirty = true;
+        }
         while s.stream.ack() < committed.min(last) {
             let next = s.stream.ack() + 1;
             s.stream.commit(next).map_err(|e| End::protocol(&e))?;
@@ -705,13 +754,21 @@ fn check_outbox(hello: &Hello, committed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// What a durable message carried that the store records as delivered once it is acked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    Job(JobId),
+    Cancel(JobId),
+    State(RouterId, u64),
+}
+
 /// The state of one welcomed session, without I/O.
 struct Session {
     agent: AgentId,
     version: u16,
-    /// Outgoing: this connection's seqs (the job each one carries, if any). Incoming: the
-    /// agent's outbox seqs, starting at what the store has committed.
-    stream: DurableStream<Option<JobId>>,
+    /// Outgoing: this connection's seqs (the job or cancel each one carries, if any).
+    /// Incoming: the agent's outbox seqs, starting at what the store has committed.
+    stream: DurableStream<Option<Delivery>>,
     outgoing: Outgoing,
     /// Whether the store must be read again.
     dirty: bool,
@@ -777,13 +834,19 @@ impl Session {
         self.push_control(Message::Pong(Pong { nonce }));
     }
 
-    /// Jobs whose seqs `ack` covers and that are still unacked.
-    fn acked_jobs(&self, ack: u64) -> Vec<JobId> {
-        self.stream
-            .unacked()
-            .take_while(|(seq, _)| *seq <= ack)
-            .filter_map(|(_, job)| *job)
-            .collect()
+    /// Jobs, cancels and desired states whose seqs `ack` covers and that are still unacked.
+    #[allow(clippy::type_complexity)]
+    fn acked_deliveries(&self, ack: u64) -> (Vec<JobId>, Vec<JobId>, Vec<(RouterId, u64)>) {
+        let (mut jobs, mut cancels, mut states) = (Vec::new(), Vec::new(), Vec::new());
+        for (_, delivery) in self.stream.unacked().take_while(|(seq, _)| *seq <= ack) {
+            match delivery {
+                Some(Delivery::Job(id)) => jobs.push(*id),
+                Some(Delivery::Cancel(id)) => cancels.push(*id),
+                Some(Delivery::State(router, generation)) => states.push((*router, *generation)),
+                None => {}
+            }
+        }
+        (jobs, cancels, states)
     }
 
     /// Classifies an incoming record against what is committed and pending.
@@ -843,11 +906,15 @@ impl Session {
                     return Ok(None);
                 }
             };
-            let job = match &envelope.msg {
-                Message::Job(job) => Some(job.id),
+            let delivery = match &envelope.msg {
+                Message::Job(job) => Some(Delivery::Job(job.id)),
+                Message::JobCancel(cancel) => Some(Delivery::Cancel(cancel.job_id)),
+                Message::DesiredState(state) => {
+                    Some(Delivery::State(state.router_id, state.generation))
+                }
                 _ => None,
             };
-            self.stream.push(job);
+            self.stream.push(delivery);
             self.ack_sent = ack;
             self.force_ack = false;
             return Ok(Some(bytes));
@@ -965,14 +1032,22 @@ mod tests {
         assert_eq!((first.seq, second.seq), (Some(1), Some(2)));
         assert!(!s.wants_send(2), "window of 2 is full");
         assert_eq!(s.next_envelope(2).unwrap(), None);
-        assert_eq!(s.acked_jobs(1), vec![JobId::from_bytes([1; 16])]);
+        assert_eq!(s.acked_deliveries(1).0, vec![JobId::from_bytes([1; 16])]);
         s.stream.on_ack(1).unwrap();
         assert!(s.wants_send(2));
         let third = decode(s.next_envelope(2).unwrap().unwrap());
         assert_eq!(third.seq, Some(3));
+        s.outgoing.add_cancels(vec![JobId::from_bytes([2; 16])]);
+        s.stream.on_ack(2).unwrap();
+        let cancel = decode(s.next_envelope(2).unwrap().unwrap());
+        assert_eq!(cancel.seq, Some(4));
         assert_eq!(
-            s.acked_jobs(3),
-            vec![JobId::from_bytes([2; 16]), JobId::from_bytes([3; 16])]
+            s.acked_deliveries(4),
+            (
+                vec![JobId::from_bytes([3; 16])],
+                vec![JobId::from_bytes([2; 16])],
+                vec![]
+            )
         );
     }
 }

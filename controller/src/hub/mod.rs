@@ -13,6 +13,7 @@
 //! - [`tls`]: the server certificate: PEM files, or self-signed for the demo.
 //! - `conn`: one connection: upgrade, handshake, session loop (see its docs for the rules).
 //! - `auth`: checking a hello's signature. `outgoing`: what is new to push on a connection.
+//! - `batch`: gathers the store calls of many sessions into batched ones.
 //! - [`connections`]: which agents are connected; a newer connection supersedes an older one.
 //!
 //! # Running
@@ -24,6 +25,7 @@
 //! [`HubConfig::shutdown_grace`]).
 
 mod auth;
+mod batch;
 mod conn;
 pub mod connections;
 mod outgoing;
@@ -40,7 +42,10 @@ pub use auth::{AuthError, verify_hello};
 pub use connections::Connections;
 pub use outgoing::router_config;
 pub use signals::{AgentSignals, Signal};
-pub use store::{AgentIdentity, AgentKey, HubStore, RouterForAgent, RouterTlsSetting};
+pub use store::{
+    AgentIdentity, AgentKey, Delivered, HubStore, PushRead, PushRequest, RouterForAgent,
+    RouterTlsSetting,
+};
 use tikfleet_shared::protocol::AgentSettings;
 pub use tls::{HubTls, SelfSigned, TlsSetupError};
 use tokio::net::TcpListener;
@@ -66,6 +71,9 @@ pub struct HubConfig {
     pub record_batch: usize,
     /// Frames queued for one connection's writer.
     pub send_queue: usize,
+    /// Most sessions whose store reads (or acknowledged deliveries) go in one batched store
+    /// call.
+    pub read_batch: usize,
     /// How long shutdown waits for sessions to close.
     pub shutdown_grace: Duration,
 }
@@ -80,6 +88,7 @@ impl Default for HubConfig {
             window: 256,
             record_batch: 256,
             send_queue: 32,
+            read_batch: 500,
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -123,6 +132,7 @@ impl<H: HubStore> Hub<H> {
                 clock,
                 config,
                 connections: Connections::default(),
+                batches: std::sync::OnceLock::new(),
                 acceptor: tls.acceptor(),
             }),
         }
@@ -139,6 +149,9 @@ impl<H: HubStore> Hub<H> {
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        self.shared.batches.get_or_init(|| {
+            batch::Batches::spawn(&self.shared.store, self.shared.config.read_batch)
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

@@ -3,14 +3,15 @@
 //! The session re-reads the store on every change signal; [`Outgoing`] turns what it read into
 //! the messages that are new *for this connection*: a router whose revision it has not pushed
 //! yet, a desired state newer than what the agent said it stores (or than what was pushed
-//! since), a job not pushed on this connection. Everything else was sent already and is
+//! since), a job not pushed on this connection, a cancel not pushed on this connection.
+//! Everything else was sent already and is
 //! skipped, so a re-read costs no duplicate frames. Items of another tenant are dropped with
 //! an error in the log (the store scopes by agent; this is a second fence).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use tikfleet_shared::domain::DesiredState;
-use tikfleet_shared::job::Job;
+use tikfleet_shared::job::{Job, JobCancel};
 use tikfleet_shared::protocol::{Message, RouterConfig, RouterGenerations, RouterTls};
 use tikfleet_shared::{AgentId, JobId, RouterId, TenantId};
 
@@ -55,6 +56,8 @@ pub struct Outgoing {
     generations: HashMap<RouterId, u64>,
     /// Jobs pushed on this connection and not yet marked delivered.
     jobs: HashSet<JobId>,
+    /// Cancels pushed on this connection and not yet marked delivered.
+    cancels: HashSet<JobId>,
     /// Messages waiting for room in the send window, in order.
     backlog: VecDeque<Message>,
 }
@@ -69,6 +72,7 @@ impl Outgoing {
             revisions: HashMap::new(),
             generations: stored.iter().map(|g| (g.router_id, g.stored)).collect(),
             jobs: HashSet::new(),
+            cancels: HashSet::new(),
             backlog: VecDeque::new(),
         }
     }
@@ -149,10 +153,33 @@ impl Outgoing {
         n
     }
 
+    /// Queues a `job_cancel` for each cancelled job not pushed on this connection (the store
+    /// scopes them to the agent). Returns how many.
+    pub fn add_cancels(&mut self, jobs: Vec<JobId>) -> usize {
+        let mut n = 0;
+        for job_id in jobs {
+            if self.cancels.insert(job_id) {
+                self.backlog.push_back(Message::JobCancel(JobCancel {
+                    job_id,
+                    reason: Some("cancelled by staff".into()),
+                }));
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The store recorded these jobs as delivered; it will not return them again.
     pub fn delivered(&mut self, jobs: &[JobId]) {
         for job in jobs {
             self.jobs.remove(job);
+        }
+    }
+
+    /// The store recorded these cancels as delivered; it will not return them again.
+    pub fn cancels_delivered(&mut self, jobs: &[JobId]) {
+        for job in jobs {
+            self.cancels.remove(job);
         }
     }
 
@@ -258,6 +285,9 @@ mod tests {
             "pushed, not yet delivered"
         );
         out.delivered(&[j.id]);
+        assert_eq!(out.add_cancels(vec![j.id]), 1);
+        assert_eq!(out.add_cancels(vec![j.id]), 0, "pushed, not yet delivered");
+        out.cancels_delivered(&[j.id]);
         let mut known = out.known();
         known.sort_by_key(|g| g.router_id);
         let mut expected = vec![(r1, 6), (r2, 1)];
@@ -277,7 +307,8 @@ mod tests {
                 "router_config",
                 "desired_state",
                 "desired_state",
-                "job"
+                "job",
+                "job_cancel"
             ]
         );
         assert!(out.is_empty());

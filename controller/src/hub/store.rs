@@ -83,6 +83,44 @@ pub struct RouterForAgent {
     pub removed: bool,
 }
 
+/// One session's question to the store: what is there to push to `agent`, given the
+/// generations it already has (see [`HubStore::push_reads`]).
+#[derive(Clone, Debug)]
+pub struct PushRequest {
+    /// The agent.
+    pub agent: AgentId,
+    /// What the connection knows the agent stores, as for [`HubStore::desired_states`].
+    pub known: Vec<RouterGenerations>,
+}
+
+/// What a session reads to find what is new to push: the answers of
+/// [`HubStore::routers_for_agent`], [`HubStore::desired_states`],
+/// [`HubStore::undelivered_jobs`] and [`HubStore::undelivered_cancels`] for one agent.
+#[derive(Clone, Debug, Default)]
+pub struct PushRead {
+    /// Every router of the agent, removed ones as tombstones.
+    pub routers: Vec<RouterForAgent>,
+    /// Desired states newer than the request's `known`.
+    pub states: Vec<DesiredState>,
+    /// Jobs not acknowledged yet, oldest first.
+    pub jobs: Vec<Job>,
+    /// Cancelled jobs whose cancel is not acknowledged yet, oldest first.
+    pub cancels: Vec<tikfleet_shared::JobId>,
+}
+
+/// What an agent acknowledged in one ack, to record (see [`HubStore::record_deliveries`]).
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    /// The agent.
+    pub agent: AgentId,
+    /// Jobs it stored, as for [`HubStore::jobs_delivered`].
+    pub jobs: Vec<tikfleet_shared::JobId>,
+    /// Desired states it stored, as for [`HubStore::states_stored`].
+    pub states: Vec<(tikfleet_shared::RouterId, u64)>,
+    /// Job cancels it stored, as for [`HubStore::cancels_delivered`].
+    pub cancels: Vec<tikfleet_shared::JobId>,
+}
+
 /// Storage operations of the hub. Implemented by the SQL store; cheap to clone.
 pub trait HubStore: Clone + Send + Sync + 'static {
     /// The agent's identity, or `None` if no such agent was ever enrolled.
@@ -122,7 +160,10 @@ pub trait HubStore: Clone + Send + Sync + 'static {
         known: &[RouterGenerations],
     ) -> impl Future<Output = anyhow::Result<Vec<DesiredState>>> + Send;
 
-    /// Jobs for the agent's routers that the agent has not acknowledged yet, oldest first.
+    /// Jobs for the agent's routers that the agent has not acknowledged yet, oldest first,
+    /// without those that must wait for an earlier job of their router to finish first (the
+    /// SQL store orders jobs on the same router item; the hub reads again when a job's final
+    /// update is committed).
     fn undelivered_jobs(
         &self,
         agent: AgentId,
@@ -130,6 +171,30 @@ pub trait HubStore: Clone + Send + Sync + 'static {
 
     /// The agent acknowledged (stored durably) these jobs.
     fn jobs_delivered(
+        &self,
+        agent: AgentId,
+        jobs: &[tikfleet_shared::JobId],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// The agent acknowledged (stored durably) these desired states: `(router, generation)`.
+    /// The stored generation the API shows never goes down.
+    fn states_stored(
+        &self,
+        agent: AgentId,
+        states: &[(RouterId, u64)],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Jobs of the agent's routers that staff cancelled and whose cancel the agent has not
+    /// acknowledged yet, oldest first. The agent may have the job already (it was delivered,
+    /// or was on the wire when it was cancelled), so the hub pushes a `job_cancel` for each;
+    /// an agent that never got the job ignores it.
+    fn undelivered_cancels(
+        &self,
+        agent: AgentId,
+    ) -> impl Future<Output = anyhow::Result<Vec<tikfleet_shared::JobId>>> + Send;
+
+    /// The agent acknowledged (stored durably) the cancels of these jobs.
+    fn cancels_delivered(
         &self,
         agent: AgentId,
         jobs: &[tikfleet_shared::JobId],
@@ -149,4 +214,56 @@ pub trait HubStore: Clone + Send + Sync + 'static {
         agent: AgentId,
         records: &[(u64, OutboxRecord)],
     ) -> impl Future<Output = anyhow::Result<u64>> + Send;
+
+    /// What to push to several agents at once: for each request, in order, exactly what
+    /// [`routers_for_agent`](Self::routers_for_agent), [`desired_states`](Self::desired_states),
+    /// [`undelivered_jobs`](Self::undelivered_jobs) and
+    /// [`undelivered_cancels`](Self::undelivered_cancels) answer for its agent. The hub
+    /// gathers the sessions that need a read into one call, so one change that reaches
+    /// thousands of connected agents costs a few queries per batch instead of several per
+    /// agent; a store may answer with fewer queries (the SQL store does), and this default
+    /// simply asks the four questions per agent.
+    fn push_reads(
+        &self,
+        requests: &[PushRequest],
+    ) -> impl Future<Output = anyhow::Result<Vec<PushRead>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(requests.len());
+            for request in requests {
+                out.push(PushRead {
+                    routers: self.routers_for_agent(request.agent).await?,
+                    states: self.desired_states(request.agent, &request.known).await?,
+                    jobs: self.undelivered_jobs(request.agent).await?,
+                    cancels: self.undelivered_cancels(request.agent).await?,
+                });
+            }
+            Ok(out)
+        }
+    }
+
+    /// Records several agents' acknowledgements at once: for each, exactly what
+    /// [`jobs_delivered`](Self::jobs_delivered), [`states_stored`](Self::states_stored) and
+    /// [`cancels_delivered`](Self::cancels_delivered) record (empty lists are skipped). The hub
+    /// gathers the acks of many sessions into one call; the SQL store makes it one
+    /// transaction. On an error nothing needs to have been recorded: what was not recorded
+    /// goes out again on the agent's next connection.
+    fn record_deliveries(
+        &self,
+        batch: &[Delivered],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async move {
+            for d in batch {
+                if !d.jobs.is_empty() {
+                    self.jobs_delivered(d.agent, &d.jobs).await?;
+                }
+                if !d.states.is_empty() {
+                    self.states_stored(d.agent, &d.states).await?;
+                }
+                if !d.cancels.is_empty() {
+                    self.cancels_delivered(d.agent, &d.cancels).await?;
+                }
+            }
+            Ok(())
+        }
+    }
 }

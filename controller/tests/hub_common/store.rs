@@ -47,6 +47,10 @@ pub struct State {
     pub events: Vec<Event>,
     /// How often `jobs_delivered` named each job.
     pub deliveries: HashMap<JobId, u32>,
+    /// Stored generation per agent and router, as the agent's acks said.
+    pub stored: HashMap<(AgentId, tikfleet_shared::RouterId), u64>,
+    /// Jobs staff cancelled, and whether the agent acknowledged the cancel.
+    pub cancels: Vec<(AgentId, JobId, bool)>,
     pub fail_commits: bool,
 }
 
@@ -80,6 +84,10 @@ impl State {
 
     pub fn delivered(&self, job: JobId) -> bool {
         self.jobs.iter().any(|(_, j, d)| j.id == job && *d)
+    }
+
+    pub fn cancel_delivered(&self, job: JobId) -> bool {
+        self.cancels.iter().any(|(_, j, d)| *j == job && *d)
     }
 }
 
@@ -144,6 +152,14 @@ impl MemHub {
 
     pub fn add_job(&self, agent: AgentId, job: Job) {
         self.with(|s| s.jobs.push((agent, job, false)));
+    }
+
+    /// Staff cancel `job`: it is not delivered any more, and its cancel is pushed.
+    pub fn cancel_job(&self, agent: AgentId, job: JobId) {
+        self.with(|s| {
+            s.jobs.retain(|(_, j, delivered)| j.id != job || *delivered);
+            s.cancels.push((agent, job, false));
+        });
     }
 }
 
@@ -245,6 +261,48 @@ impl HubStore for MemHub {
             }
             for id in jobs {
                 *s.deliveries.entry(*id).or_default() += 1;
+            }
+        });
+        async { Ok(()) }
+    }
+
+    fn states_stored(
+        &self,
+        agent: AgentId,
+        states: &[(tikfleet_shared::RouterId, u64)],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        self.with(|s| {
+            for (router, generation) in states {
+                let stored = s.stored.entry((agent, *router)).or_default();
+                *stored = (*stored).max(*generation);
+            }
+        });
+        async { Ok(()) }
+    }
+
+    fn undelivered_cancels(
+        &self,
+        agent: AgentId,
+    ) -> impl Future<Output = anyhow::Result<Vec<JobId>>> + Send {
+        let cancels = lock(&self.state)
+            .cancels
+            .iter()
+            .filter(|(a, _, delivered)| *a == agent && !delivered)
+            .map(|(_, j, _)| *j)
+            .collect();
+        async move { Ok(cancels) }
+    }
+
+    fn cancels_delivered(
+        &self,
+        agent: AgentId,
+        jobs: &[JobId],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        self.with(|s| {
+            for (a, job, delivered) in &mut s.cancels {
+                if *a == agent && jobs.contains(job) {
+                    *delivered = true;
+                }
             }
         });
         async { Ok(()) }

@@ -1,6 +1,8 @@
 //! A fault-injecting TCP proxy for link tests: it forwards loopback connections to a target
 //! and, on command, cuts every live connection at once (mid-frame if data is flowing) or
-//! refuses new ones, as a flaky site uplink does.
+//! refuses new ones, as a flaky site uplink does. Its target can change while it runs
+//! ([`Proxy::set_target`]), so a client can be given the proxy's address before the server
+//! behind it exists, or keep it across a server restart on another port.
 //!
 //! ```text
 //! agent ──▶ Proxy (127.0.0.1:random) ──▶ hub
@@ -8,8 +10,8 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rand::{Rng as _, SeedableRng as _};
@@ -23,6 +25,8 @@ struct Control {
     /// Bumped by [`Proxy::cut`]; every connection task watches it and drops its sockets.
     cuts: watch::Sender<u64>,
     refusing: AtomicBool,
+    /// Where new connections go.
+    target: Mutex<SocketAddr>,
     accepted: AtomicU64,
     refused: AtomicU64,
 }
@@ -46,10 +50,11 @@ impl Proxy {
         let control = Arc::new(Control {
             cuts: watch::channel(0).0,
             refusing: AtomicBool::new(false),
+            target: Mutex::new(target),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         });
-        let task = tokio::spawn(accept_loop(listener, target, Arc::clone(&control)));
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&control)));
         Ok(Self {
             addr,
             control,
@@ -61,6 +66,15 @@ impl Proxy {
     #[must_use]
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Forward new connections to `target` from now on (live ones keep their peer).
+    pub fn set_target(&self, target: SocketAddr) {
+        *self
+            .control
+            .target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = target;
     }
 
     /// Drop every live connection now (both sides see a reset or an EOF).
@@ -134,7 +148,7 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, control: Arc<Control>) {
+async fn accept_loop(listener: TcpListener, control: Arc<Control>) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
@@ -146,6 +160,10 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, control: Arc<Con
             continue;
         }
         control.accepted.fetch_add(1, Ordering::SeqCst);
+        let target = *control
+            .target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let cuts = control.cuts.subscribe();
         tokio::spawn(forward(client, target, cuts));
     }

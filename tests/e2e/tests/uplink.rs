@@ -2,10 +2,13 @@
 //! store: what the controller pushes is stored before it is acked (routers with sealed
 //! passwords, desired states, jobs once), records are committed once across hub restarts,
 //! reconnects back off on the agent's clock, revocation stops the uplink, enrollment and key
-//! rotation over HTTP, and a job pushed from the hub runs on a simulated router with its
-//! records coming back.
+//! rotation over HTTP, a job pushed from the hub runs on a simulated router with its
+//! records coming back, and a cancel pushed after a job reaches the agent's queue.
+//!
+//! (These lived in the agent crate; they run here so the agent does not dev-depend on the
+//! controller.)
 
-#[path = "../../controller/tests/hub_common/store.rs"]
+#[path = "../../../controller/tests/hub_common/store.rs"]
 mod hub_store;
 
 use std::collections::HashMap;
@@ -385,6 +388,47 @@ async fn a_redelivered_job_is_enqueued_once() {
         let jobs = agent.parts.queue.list(None).unwrap();
         assert_eq!(jobs.len(), 1, "{jobs:?}");
         assert_eq!(jobs[0].job.id, job.id);
+        let _ = up.stop().await;
+        hub.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cancel_pushed_after_its_job_cancels_it_in_the_queue() {
+    within(async {
+        let mut hub = TestHub::start().await;
+        let agent = TestAgent::enrolled(&hub).await;
+        let rid = RouterId::new();
+        let job = agent.job(rid, JobOp::Reboot {});
+        hub.store.add_job(agent.id, job.clone());
+        let mut up = start(&agent);
+        up.connected(1).await;
+        hub.store.wait("delivered", |s| s.delivered(job.id)).await;
+        assert_eq!(
+            agent.parts.queue.get(job.id).unwrap().unwrap().status,
+            JobStatus::Queued
+        );
+
+        // Staff cancel it after the agent stored it: the hub pushes the cancel on the live
+        // connection, and it is marked delivered once the agent stored it.
+        hub.store.cancel_job(agent.id, job.id);
+        hub.signals.changed(agent.id);
+        hub.store
+            .wait("cancel delivered", |s| s.cancel_delivered(job.id))
+            .await;
+        assert_eq!(
+            agent.parts.queue.get(job.id).unwrap().unwrap().status,
+            JobStatus::Cancelled
+        );
+        // A cancel of a job the agent never got is acknowledged and changes nothing.
+        let never = JobId::new();
+        hub.store.cancel_job(agent.id, never);
+        hub.signals.changed(agent.id);
+        hub.store
+            .wait("second cancel delivered", |s| s.cancel_delivered(never))
+            .await;
+        assert!(agent.parts.queue.get(never).unwrap().is_none());
         let _ = up.stop().await;
         hub.stop().await;
     })
@@ -817,34 +861,36 @@ fn start_parts(parts: &Parts) -> Running {
     Running { status, stop, task }
 }
 
-/// Runs the agent binary with `--data-dir dir`; returns (exit code, stdout, stderr).
+fn cli(dir: &std::path::Path, args: &[&str]) -> tikfleet_agent::cli::Cli {
+    use clap::Parser as _;
+    let dir = dir.display().to_string();
+    tikfleet_agent::cli::Cli::try_parse_from(
+        ["tikfleet-agent", "--data-dir", dir.as_str()]
+            .into_iter()
+            .chain(args.iter().copied()),
+    )
+    .expect("a valid command line")
+}
+
+/// Runs an agent command in-process with `--data-dir dir`, as the binary does; returns
+/// (exit code, stdout, stderr).
 async fn agent_cli(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::time::timeout(
+    let cli = cli(dir, args);
+    let mut out = tikfleet_e2e::fleet::Output::default();
+    let result = tokio::time::timeout(
         LIMIT,
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_tikfleet-agent"))
-            .arg("--data-dir")
-            .arg(dir)
-            .args(args)
-            .env_remove("TIKFLEET_VAULT_KEY")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .env_remove("TIKFLEET_AGENT_CONFIG")
-            .env_remove("TIKFLEET_ENROLL_TOKEN")
-            .kill_on_drop(true)
-            .output(),
+        tikfleet_agent::cli::run_local(&cli, &mut out, std::future::pending()),
     )
     .await
-    .expect("the command finished in time")
-    .expect("the agent binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    .expect("the command finished in time");
+    match result {
+        Ok(()) => (0, out.text(), String::new()),
+        Err(e) => (1, out.text(), format!("{e}\n")),
+    }
 }
 
 #[tokio::test]
 async fn the_command_line_enrolls_runs_connected_and_reports_a_revocation() {
-    use tokio::io::AsyncBufReadExt;
     within(async {
         let mut hub = TestHub::start().await;
         let tenant = TenantId::new();
@@ -906,41 +952,44 @@ async fn the_command_line_enrolls_runs_connected_and_reports_a_revocation() {
         );
 
         // `run` connects; a revocation stops the uplink and `run` reports it at the end.
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tikfleet-agent"))
-            .arg("--data-dir")
-            .arg(dir.path())
-            .arg("run")
-            .env_remove("TIKFLEET_VAULT_KEY")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .env_remove("TIKFLEET_AGENT_CONFIG")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("agent runs");
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next_line().await.unwrap().expect("a running line");
-        assert!(first.starts_with("tikfleet-agent running:"), "{first}");
-        assert!(first.contains(&format!("as agent {agent}")), "{first}");
+        let output = tikfleet_e2e::fleet::Output::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let run = cli(dir.path(), &["run"]);
+        let mut out = output.clone();
+        // On its own thread and runtime, as its own process would be.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let result = runtime.block_on(tikfleet_agent::cli::run_local(&run, &mut out, async {
+                let _ = stopped.await;
+            }));
+            let _ = done_tx.send(result.map_err(|e| e.to_string()));
+        });
         hub.store
             .wait("the agent connected", |s| s.connected(agent))
             .await;
+        let first = output.text();
+        assert!(first.starts_with("tikfleet-agent running:"), "{first}");
+        assert!(first.contains(&format!("as agent {agent}")), "{first}");
         hub.signals.revoked(agent);
         hub.store
             .wait("the agent is gone", |s| !s.connected(agent))
             .await;
-        let pid = child.id().expect("running").to_string();
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let mut rest = Vec::new();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            rest.push(line);
-        }
-        let status = child.wait().await.unwrap();
-        assert!(status.success(), "{status:?} {rest:?}");
+        // `run` says so at once, while it keeps running its jobs.
+        tikfleet_e2e::fleet::eventually("run to report the revocation", LIMIT, || async {
+            output
+                .text()
+                .contains("the controller revoked this agent")
+                .then_some(())
+        })
+        .await;
+        let _ = stop.send(());
+        tokio::time::timeout(LIMIT, done)
+            .await
+            .expect("run stops in time")
+            .unwrap()
+            .expect("run ends cleanly");
+        let rest: Vec<String> = output.text().lines().map(str::to_owned).collect();
         assert!(
             rest.iter()
                 .any(|l| l.starts_with("tikfleet-agent stopped:")),
