@@ -532,13 +532,16 @@ impl<S: JobStore + 'static> Shared<S> {
         let slot = Arc::clone(lock(&self.clients).entry(router).or_default());
         let mut slot = slot.lock().await;
         let changes = self.routers.changes();
+        if let Some((c, seen)) = &*slot
+            && *seen == changes
+        {
+            return Ok(c.clone());
+        }
+        // No connection yet, or some router changed: this one's address or login may have (a
+        // `router_config` from the controller, a technician's `router add`); reconnect only
+        // if it did.
+        let endpoint = self.routers.endpoint(router)?;
         if let Some((c, seen)) = &mut *slot {
-            if *seen == changes {
-                return Ok(c.clone());
-            }
-            // Some router changed: this one's address or login may have (a `router_config`
-            // from the controller, a technician's `router add`); reconnect only if it did.
-            let endpoint = self.routers.endpoint(router)?;
             if *c.endpoint() == endpoint {
                 *seen = changes;
                 return Ok(c.clone());
@@ -546,7 +549,6 @@ impl<S: JobStore + 'static> Shared<S> {
             tracing::info!(%router, "the router's address or login changed: reconnecting");
             *slot = None;
         }
-        let endpoint = self.routers.endpoint(router)?;
         self.rate
             .acquire_n(router, endpoint.tenant, CONNECT_COMMANDS, &*self.clock)
             .await;

@@ -260,14 +260,9 @@ impl Db {
         for chunk in jobs.chunks(200) {
             let mut q = Sql::new("UPDATE jobs SET delivered_at = ");
             q.bind(now.as_millis())
-                .push(" WHERE delivered_at IS NULL AND id IN (");
-            for (i, id) in chunk.iter().enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
-                q.bind(id.to_string());
-            }
-            q.push(") AND router_id IN (SELECT id FROM routers WHERE agent_id = ")
+                .push(" WHERE delivered_at IS NULL AND id IN ");
+            push_in(&mut q, chunk.iter().map(ToString::to_string));
+            q.push(" AND router_id IN (SELECT id FROM routers WHERE agent_id = ")
                 .bind(agent.to_string())
                 .push(")");
             q.execute(&mut *conn).await?;
@@ -308,14 +303,9 @@ impl Db {
             // later cancel of it goes out again.
             let mut q = Sql::new("UPDATE jobs SET cancel_delivered_at = ");
             q.bind(now.as_millis())
-                .push(" WHERE cancel_delivered_at IS NULL AND status = 'cancelled' AND id IN (");
-            for (i, id) in chunk.iter().enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
-                q.bind(id.to_string());
-            }
-            q.push(") AND router_id IN (SELECT id FROM routers WHERE agent_id = ")
+                .push(" WHERE cancel_delivered_at IS NULL AND status = 'cancelled' AND id IN ");
+            push_in(&mut q, chunk.iter().map(ToString::to_string));
+            q.push(" AND router_id IN (SELECT id FROM routers WHERE agent_id = ")
                 .bind(agent.to_string())
                 .push(")");
             q.execute(&mut *conn).await?;
