@@ -231,7 +231,8 @@ pub const fn command_budget(op: &JobOp) -> u32 {
         | JobOp::BackupNow { .. }
         | JobOp::Restore { .. }
         | JobOp::RotateCredentials {}
-        | JobOp::DriftCheck {} => 1,
+        | JobOp::DriftCheck {}
+        | JobOp::Enforce { .. } => 1,
     }
 }
 

@@ -172,7 +172,8 @@ pub async fn execute_with(
         | JobOp::BackupNow { .. }
         | JobOp::Restore { .. }
         | JobOp::RotateCredentials {}
-        | JobOp::DriftCheck {} => Err(DriverError::new(
+        | JobOp::DriftCheck {}
+        | JobOp::Enforce { .. } => Err(DriverError::new(
             ErrorCode::InvalidRequest,
             format!(
                 "job operation {} is not handled by ops::execute (it needs the executor: \

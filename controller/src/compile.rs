@@ -168,6 +168,7 @@ pub fn desired_state(rows: &RouterRows<'_>, compiled_at: UnixMillis) -> DesiredS
         hotspot_users,
         address_list_entries: Vec::new(),
         lifecycles,
+        drift: tikfleet_shared::domain::DriftSettings::default(),
     }
 }
 

@@ -561,6 +561,7 @@ async fn commit_records_takes_each_seq_once() {
                 generation: 2,
                 at: UnixMillis(common::START + 10),
                 changes: 3,
+                conflicts: 0,
                 error: None,
             }),
         ),
@@ -673,6 +674,7 @@ async fn commit_records_takes_each_seq_once() {
         generation: 3,
         at: UnixMillis(common::START + 12),
         changes: 0,
+        conflicts: 0,
         error: Some(ErrorInfo::new(ErrorCode::ConnectionRefused)),
     });
     assert_eq!(db.commit_records(a.agent, &[(9, failed)]).await.unwrap(), 9);

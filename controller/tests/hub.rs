@@ -122,6 +122,7 @@ fn desired(agent: &TestAgent, router: RouterId, generation: u64) -> DesiredState
         hotspot_users: vec![],
         address_list_entries: vec![],
         lifecycles: vec![],
+        drift: Default::default(),
     }
 }
 
@@ -532,6 +533,7 @@ async fn records_are_committed_once_despite_resends_and_reconnects() {
                 generation: seq,
                 at: T0,
                 changes: 0,
+                conflicts: 0,
                 error: None,
             })
         };

@@ -39,6 +39,155 @@ pub struct DesiredState {
     pub address_list_entries: Vec<AddressListEntry>,
     /// Lifecycle times of subscribers on this router.
     pub lifecycles: Vec<SubscriberLifecycle>,
+    /// The tenant's drift settings: how often the agent checks this router and what it does
+    /// about managed items that drifted. Travels with the state so it holds offline.
+    #[serde(default)]
+    pub drift: DriftSettings,
+}
+
+/// When and how the agent checks a router for drift.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftSettings {
+    /// Time between drift checks per router, in milliseconds (0 = only on request).
+    pub interval_ms: u64,
+    /// What to do about managed items that drifted.
+    pub policy: DriftPolicy,
+}
+
+impl DriftSettings {
+    /// Hourly checks.
+    pub const DEFAULT_INTERVAL_MS: u64 = 3_600_000;
+}
+
+impl Default for DriftSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: Self::DEFAULT_INTERVAL_MS,
+            policy: DriftPolicy::Enforce,
+        }
+    }
+}
+
+/// What the agent does about managed items that drifted (a router value that differs from
+/// the desired state while staff did not change that item). Items made by hand are never
+/// touched, under either policy.
+///
+/// Under `report` the agent changes on the router only what staff changed in the database
+/// since the last state it applied; other differences are reported and left for staff to
+/// accept or enforce. Under `enforce` every difference is corrected and reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftPolicy {
+    /// Flag only.
+    Report,
+    /// Put managed items back to their desired state, and report.
+    #[default]
+    Enforce,
+}
+
+impl DriftPolicy {
+    /// `report` or `enforce`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Report => "report",
+            Self::Enforce => "enforce",
+        }
+    }
+}
+
+impl std::str::FromStr for DriftPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "report" => Ok(Self::Report),
+            "enforce" => Ok(Self::Enforce),
+            other => Err(format!(
+                "unknown drift policy {other:?}: use \"report\" or \"enforce\""
+            )),
+        }
+    }
+}
+
+/// Kind of managed router item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemKind {
+    /// `/ppp/profile`.
+    PppProfile,
+    /// `/ip/hotspot/user/profile`.
+    HotspotProfile,
+    /// `/ppp/secret`.
+    PppSecret,
+    /// `/ip/hotspot/user`.
+    HotspotUser,
+    /// `/ip/firewall/address-list`.
+    AddressListEntry,
+}
+
+impl ItemKind {
+    /// Every kind, in the order the reconciler makes them.
+    pub const ALL: [Self; 5] = [
+        Self::PppProfile,
+        Self::HotspotProfile,
+        Self::PppSecret,
+        Self::HotspotUser,
+        Self::AddressListEntry,
+    ];
+
+    /// The snake_case name, as serialized.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::PppProfile => "ppp_profile",
+            Self::HotspotProfile => "hotspot_profile",
+            Self::PppSecret => "ppp_secret",
+            Self::HotspotUser => "hotspot_user",
+            Self::AddressListEntry => "address_list_entry",
+        }
+    }
+
+    /// The RouterOS menu.
+    #[must_use]
+    pub const fn path(self) -> &'static str {
+        match self {
+            Self::PppProfile => "/ppp/profile",
+            Self::HotspotProfile => "/ip/hotspot/user/profile",
+            Self::PppSecret => "/ppp/secret",
+            Self::HotspotUser => "/ip/hotspot/user",
+            Self::AddressListEntry => "/ip/firewall/address-list",
+        }
+    }
+}
+
+impl std::str::FromStr for ItemKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown item kind {s:?}"))
+    }
+}
+
+/// Names one managed item on a router: its kind and key (the name, or `list/address` for an
+/// address-list entry).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ItemRef {
+    /// Kind of item.
+    pub kind: ItemKind,
+    /// Its key.
+    pub key: String,
+}
+
+impl AddressListEntry {
+    /// The entry's key in drift reports: `list/address`.
+    #[must_use]
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.list, self.address)
+    }
 }
 
 /// A managed profile: PPP profile or hotspot user profile.

@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    AccountKind, AccountRef, AddressListEntry, HotspotProfile, HotspotUser, PppProfile, PppSecret,
-    Profile,
+    AccountKind, AccountRef, AddressListEntry, HotspotProfile, HotspotUser, ItemRef, PppProfile,
+    PppSecret, Profile,
 };
 use crate::error::ErrorInfo;
 use crate::ids::{JobId, RouterId, TenantId};
@@ -147,13 +147,24 @@ pub enum JobOp {
     },
     /// Rotate the credentials the agent uses to log in to the router.
     RotateCredentials {},
-    /// Compare the router with the desired state now and report drift.
+    /// Compare the router with the desired state now and report drift (under the tenant's
+    /// policy: `enforce` corrects managed items, `report` only flags them).
     DriftCheck {},
+    /// Put these items to their desired state now, whatever the drift policy. With `adopt`,
+    /// an item of the same name that an administrator made is taken over (it gets the
+    /// managed marker) instead of being a conflict.
+    Enforce {
+        /// The items.
+        items: Vec<ItemRef>,
+        /// Take over unmarked items of these names.
+        #[serde(default)]
+        adopt: bool,
+    },
 }
 
 impl JobOp {
     /// Every operation name, in declaration order.
-    pub const NAMES: [&'static str; 17] = [
+    pub const NAMES: [&'static str; 18] = [
         "upsert_ppp_secret",
         "delete_ppp_secret",
         "upsert_hotspot_user",
@@ -171,6 +182,7 @@ impl JobOp {
         "restore",
         "rotate_credentials",
         "drift_check",
+        "enforce",
     ];
 
     /// The operation's snake_case name, identical to its serialized tag.
@@ -194,6 +206,7 @@ impl JobOp {
             Self::Restore { .. } => "restore",
             Self::RotateCredentials {} => "rotate_credentials",
             Self::DriftCheck {} => "drift_check",
+            Self::Enforce { .. } => "enforce",
         }
     }
 }

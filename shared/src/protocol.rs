@@ -457,8 +457,6 @@ pub struct AgentSettings {
     pub rate_limit: RateLimit,
     /// Commands in flight per router.
     pub router_concurrency: u32,
-    /// Drift checking.
-    pub drift: DriftSettings,
 }
 
 impl Default for AgentSettings {
@@ -472,10 +470,6 @@ impl Default for AgentSettings {
                 burst: 100,
             },
             router_concurrency: 4,
-            drift: DriftSettings {
-                interval_ms: 3_600_000,
-                policy: DriftPolicy::Repair,
-            },
         }
     }
 }
@@ -487,26 +481,6 @@ pub struct RateLimit {
     pub per_second: u32,
     /// Bucket size.
     pub burst: u32,
-}
-
-/// When and how to check for drift.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DriftSettings {
-    /// Time between drift checks per router, in milliseconds (0 = only on request).
-    pub interval_ms: u64,
-    /// What to do about drift in managed items.
-    pub policy: DriftPolicy,
-}
-
-/// What the agent does about managed items that drifted. Items made by hand are never
-/// touched, under either policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DriftPolicy {
-    /// Report only.
-    ReportOnly,
-    /// Report and put managed items back to their desired state.
-    Repair,
 }
 
 /// How to reach one router of the agent, as staff entered it at the controller.

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::ItemRef;
 use crate::error::ErrorInfo;
 use crate::ids::{AgentId, DriftId, JobId, RouterId, TenantId};
 use crate::job::JobUpdate;
@@ -36,6 +37,8 @@ pub enum OutboxRecord {
     JobUpdate(JobUpdate),
     /// The reconciler finished applying a generation.
     Applied(ApplyReport),
+    /// A long reconcile's progress.
+    Progress(ReconcileProgress),
     /// A tombstone: the record under this seq was not delivered, for `reason`. It keeps the
     /// seqs contiguous; the controller stores and counts it and acks it like any record.
     /// Audit records, job updates, drift and apply reports are never dropped, so a
@@ -48,12 +51,13 @@ pub enum OutboxRecord {
 
 impl OutboxRecord {
     /// Every record kind, in declaration order.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "audit",
         "telemetry",
         "drift",
         "job_update",
         "applied",
+        "progress",
         "dropped",
     ];
 
@@ -66,6 +70,7 @@ impl OutboxRecord {
             Self::Drift(_) => "drift",
             Self::JobUpdate(_) => "job_update",
             Self::Applied(_) => "applied",
+            Self::Progress(_) => "progress",
             Self::Dropped { .. } => "dropped",
         }
     }
@@ -318,42 +323,44 @@ pub struct HostSample {
     pub queued_jobs: u64,
 }
 
-/// Kind of router item.
+/// What made the agent compare a router with its desired state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ItemKind {
-    /// `/ppp/secret`.
-    PppSecret,
-    /// `/ip/hotspot/user`.
-    HotspotUser,
-    /// `/ppp/profile`.
-    PppProfile,
-    /// `/ip/hotspot/user/profile`.
-    HotspotProfile,
-    /// `/ip/firewall/address-list`.
-    AddressListEntry,
+pub enum DriftTrigger {
+    /// A pass over a new desired-state generation (or a resumed one).
+    Reconcile,
+    /// The tenant's drift-check schedule.
+    Schedule,
+    /// Staff asked (a `drift_check` job).
+    Request,
+    /// Staff asked to enforce chosen items (an `enforce` job).
+    Enforce,
+}
+
+/// What the agent did about one difference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftAction {
+    /// Put back to the desired value (policy `enforce`, or staff asked).
+    Corrected,
+    /// Left as it is and reported (policy `report`).
+    Reported,
+    /// The name belongs to an item tikfleet does not manage: left alone until staff adopt it.
+    Conflict,
+    /// Correcting it failed; `error` on the report says why.
+    Failed,
 }
 
 /// One difference between a router and its desired state.
 ///
 /// `field: None` means the whole item: missing on the router (`router_value: None`) or
-/// present but not desired (`desired_value: None`). Values of secret fields are reported as
-/// `<redacted>`.
+/// present but not desired (`desired_value: None`). Values of secret fields are never put
+/// in a finding: both sides read `<redacted>` when they differ.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DriftReport {
-    /// The finding's id.
-    pub id: DriftId,
-    /// The router.
-    pub router_id: RouterId,
-    /// The desired-state generation compared against.
-    pub generation: u64,
-    /// When it was found.
-    pub detected_at: UnixMillis,
-    /// Kind of item.
-    pub kind: ItemKind,
-    /// The item's key (name, or `list/address` for address-list entries).
-    pub key: String,
-    /// The differing field, or `None` for the whole item.
+pub struct DriftFinding {
+    /// The item.
+    pub item: ItemRef,
+    /// The differing field (RouterOS name), or `None` for the whole item.
     pub field: Option<String>,
     /// The value on the router.
     pub router_value: Option<String>,
@@ -362,6 +369,55 @@ pub struct DriftReport {
     /// Whether tikfleet manages the router's item; `false` means an administrator made it
     /// by hand and tikfleet will not touch it.
     pub managed: bool,
+    /// What the agent did.
+    pub action: DriftAction,
+}
+
+/// What one comparison of a router with its desired state found, in parts of at most
+/// [`DriftReport::MAX_FINDINGS`] findings. The last part (`last: true`) closes the check:
+/// a finding of an earlier check that this check did not report again is gone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftReport {
+    /// The check; every part of one check carries the same id.
+    pub id: DriftId,
+    /// The router.
+    pub router_id: RouterId,
+    /// The desired-state generation compared against.
+    pub generation: u64,
+    /// When the router was read.
+    pub detected_at: UnixMillis,
+    /// Why the check ran.
+    pub trigger: DriftTrigger,
+    /// The job that asked for it, if any.
+    pub job_id: Option<JobId>,
+    /// Part number, from 0.
+    pub part: u32,
+    /// Whether this is the check's last part.
+    pub last: bool,
+    /// Items compared in the whole check (on the last part; 0 on others).
+    pub items_checked: u64,
+    /// The findings of this part.
+    pub findings: Vec<DriftFinding>,
+}
+
+impl DriftReport {
+    /// Findings per part, so a part stays far below the frame limit.
+    pub const MAX_FINDINGS: usize = 1_000;
+}
+
+/// A long reconcile's progress: items done of total, for the controller to show.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileProgress {
+    /// The router.
+    pub router_id: RouterId,
+    /// The generation being applied.
+    pub generation: u64,
+    /// Items handled so far.
+    pub done: u64,
+    /// Items to handle in this pass.
+    pub total: u64,
+    /// When.
+    pub at: UnixMillis,
 }
 
 /// The reconciler finished a pass over one generation.
@@ -375,6 +431,9 @@ pub struct ApplyReport {
     pub at: UnixMillis,
     /// Commands sent to the router.
     pub changes: u32,
+    /// Desired items left alone because an administrator's item has their name.
+    #[serde(default)]
+    pub conflicts: u32,
     /// `None` if the router now matches the generation; otherwise why it does not.
     pub error: Option<ErrorInfo>,
 }

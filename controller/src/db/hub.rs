@@ -500,6 +500,7 @@ impl Db {
                     }
                 }
                 OutboxRecord::Drift(_) => drift += 1,
+                OutboxRecord::Progress(_) => {}
                 OutboxRecord::Dropped { .. } => dropped += 1,
             }
         }

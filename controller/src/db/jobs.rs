@@ -199,7 +199,8 @@ pub fn order_keys(op: &JobOp) -> (Option<String>, Option<String>) {
         | JobOp::BackupNow { .. }
         | JobOp::Restore { .. }
         | JobOp::RotateCredentials {}
-        | JobOp::DriftCheck {} => (None, None),
+        | JobOp::DriftCheck {}
+        | JobOp::Enforce { .. } => (None, None),
     }
 }
 

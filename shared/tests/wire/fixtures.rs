@@ -163,6 +163,13 @@ fn all_job_ops() -> Vec<JobOp> {
         },
         JobOp::RotateCredentials {},
         JobOp::DriftCheck {},
+        JobOp::Enforce {
+            items: vec![ItemRef {
+                kind: ItemKind::PppSecret,
+                key: "alice".into(),
+            }],
+            adopt: true,
+        },
     ]
 }
 
@@ -244,12 +251,22 @@ fn all_records() -> Vec<(String, OutboxRecord)> {
                 router_id: router(),
                 generation: 12,
                 detected_at: T0,
-                kind: ItemKind::PppSecret,
-                key: "alice".into(),
-                field: Some("profile".into()),
-                router_value: Some("plan-100m".into()),
-                desired_value: Some("plan-20m".into()),
-                managed: true,
+                trigger: DriftTrigger::Schedule,
+                job_id: None,
+                part: 0,
+                last: true,
+                items_checked: 3,
+                findings: vec![DriftFinding {
+                    item: ItemRef {
+                        kind: ItemKind::PppSecret,
+                        key: "alice".into(),
+                    },
+                    field: Some("profile".into()),
+                    router_value: Some("plan-100m".into()),
+                    desired_value: Some("plan-20m".into()),
+                    managed: true,
+                    action: DriftAction::Reported,
+                }],
             }),
         ),
         (
@@ -272,6 +289,7 @@ fn all_records() -> Vec<(String, OutboxRecord)> {
                 generation: 12,
                 at: T0,
                 changes: 4,
+                conflicts: 0,
                 error: None,
             }),
         ),
@@ -287,6 +305,16 @@ fn all_records() -> Vec<(String, OutboxRecord)> {
         (
             "record/dropped/missing".into(),
             OutboxRecord::dropped(DropReason::Missing),
+        ),
+        (
+            "record/progress".into(),
+            OutboxRecord::Progress(ReconcileProgress {
+                router_id: router(),
+                generation: 12,
+                done: 2_500,
+                total: 10_000,
+                at: T0,
+            }),
         ),
     ]
 }
@@ -310,6 +338,7 @@ fn desired_state() -> DesiredState {
             suspended_profile: Some("suspended".into()),
             suspended_address_list: Some("suspended".into()),
         }],
+        drift: DriftSettings::default(),
     }
 }
 
@@ -378,19 +407,27 @@ pub fn all() -> Vec<(String, Envelope)> {
                     version: 1,
                     tenant_id: tenant(),
                     agent_id: agent(),
-                    settings: AgentSettings {
-                        drift: DriftSettings {
-                            interval_ms: 1_800_000,
-                            policy: DriftPolicy::ReportOnly,
-                        },
-                        ..AgentSettings::default()
-                    },
+                    settings: AgentSettings::default(),
                 }),
             ),
         ),
         (
             "message/desired_state".into(),
             durable(42, 1_041, Message::DesiredState(desired_state())),
+        ),
+        (
+            "message/desired_state/report_policy".into(),
+            durable(
+                42,
+                1_041,
+                Message::DesiredState(DesiredState {
+                    drift: DriftSettings {
+                        interval_ms: 1_800_000,
+                        policy: DriftPolicy::Report,
+                    },
+                    ..desired_state()
+                }),
+            ),
         ),
         (
             "job/upsert_profile/hotspot".into(),

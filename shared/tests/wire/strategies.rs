@@ -258,6 +258,7 @@ pub fn desired_state() -> impl Strategy<Value = DesiredState> {
         vec(hotspot_user(), 0..3),
         vec(address_list_entry(), 0..3),
         vec(lifecycle(), 0..3),
+        drift_settings(),
     )
         .prop_map(
             |(
@@ -270,6 +271,7 @@ pub fn desired_state() -> impl Strategy<Value = DesiredState> {
                 hotspot_users,
                 address_list_entries,
                 lifecycles,
+                drift,
             )| DesiredState {
                 generation,
                 tenant_id,
@@ -280,8 +282,24 @@ pub fn desired_state() -> impl Strategy<Value = DesiredState> {
                 hotspot_users,
                 address_list_entries,
                 lifecycles,
+                drift,
             },
         )
+}
+
+fn drift_settings() -> impl Strategy<Value = DriftSettings> {
+    (
+        any::<u64>(),
+        prop_oneof![Just(DriftPolicy::Report), Just(DriftPolicy::Enforce)],
+    )
+        .prop_map(|(interval_ms, policy)| DriftSettings {
+            interval_ms,
+            policy,
+        })
+}
+
+fn item_ref() -> impl Strategy<Value = ItemRef> {
+    (item_kind(), text()).prop_map(|(kind, key)| ItemRef { kind, key })
 }
 
 pub fn job_op() -> impl Strategy<Value = JobOp> {
@@ -312,6 +330,8 @@ pub fn job_op() -> impl Strategy<Value = JobOp> {
         text().prop_map(|name| JobOp::Restore { name }),
         Just(JobOp::RotateCredentials {}),
         Just(JobOp::DriftCheck {}),
+        (vec(item_ref(), 0..3), any::<bool>())
+            .prop_map(|(items, adopt)| JobOp::Enforce { items, adopt }),
     ]
 }
 
@@ -518,28 +538,74 @@ fn item_kind() -> impl Strategy<Value = ItemKind> {
     ])
 }
 
+fn drift_finding() -> impl Strategy<Value = DriftFinding> {
+    (
+        item_ref(),
+        (opt_text(), opt_text(), opt_text(), any::<bool>()),
+        proptest::sample::select(vec![
+            DriftAction::Corrected,
+            DriftAction::Reported,
+            DriftAction::Conflict,
+            DriftAction::Failed,
+        ]),
+    )
+        .prop_map(
+            |(item, (field, router_value, desired_value, managed), action)| DriftFinding {
+                item,
+                field,
+                router_value,
+                desired_value,
+                managed,
+                action,
+            },
+        )
+}
+
 fn drift() -> impl Strategy<Value = DriftReport> {
     (
-        (drift_id(), router_id(), any::<u64>(), time(), item_kind()),
-        (text(), opt_text(), opt_text(), opt_text(), any::<bool>()),
+        (drift_id(), router_id(), any::<u64>(), time()),
+        (
+            proptest::sample::select(vec![
+                DriftTrigger::Reconcile,
+                DriftTrigger::Schedule,
+                DriftTrigger::Request,
+                DriftTrigger::Enforce,
+            ]),
+            of(job_id()),
+            any::<u32>(),
+            any::<bool>(),
+            any::<u64>(),
+        ),
+        vec(drift_finding(), 0..3),
     )
         .prop_map(
             |(
-                (id, router_id, generation, detected_at, kind),
-                (key, field, router_value, desired_value, managed),
+                (id, router_id, generation, detected_at),
+                (trigger, job_id, part, last, items_checked),
+                findings,
             )| DriftReport {
                 id,
                 router_id,
                 generation,
                 detected_at,
-                kind,
-                key,
-                field,
-                router_value,
-                desired_value,
-                managed,
+                trigger,
+                job_id,
+                part,
+                last,
+                items_checked,
+                findings,
             },
         )
+}
+
+fn progress() -> impl Strategy<Value = ReconcileProgress> {
+    (router_id(), any::<[u64; 3]>(), time()).prop_map(|(router_id, n, at)| ReconcileProgress {
+        router_id,
+        generation: n[0],
+        done: n[1],
+        total: n[2],
+        at,
+    })
 }
 
 fn apply_report() -> impl Strategy<Value = ApplyReport> {
@@ -547,14 +613,15 @@ fn apply_report() -> impl Strategy<Value = ApplyReport> {
         router_id(),
         any::<u64>(),
         time(),
-        any::<u32>(),
+        any::<[u32; 2]>(),
         of(error_info()),
     )
-        .prop_map(|(router_id, generation, at, changes, error)| ApplyReport {
+        .prop_map(|(router_id, generation, at, n, error)| ApplyReport {
             router_id,
             generation,
             at,
-            changes,
+            changes: n[0],
+            conflicts: n[1],
             error,
         })
 }
@@ -566,6 +633,7 @@ pub fn outbox_record() -> impl Strategy<Value = OutboxRecord> {
         drift().prop_map(OutboxRecord::Drift),
         job_update().prop_map(OutboxRecord::JobUpdate),
         apply_report().prop_map(OutboxRecord::Applied),
+        progress().prop_map(OutboxRecord::Progress),
         drop_reason().prop_map(OutboxRecord::dropped),
     ]
 }
@@ -623,25 +691,16 @@ fn hello() -> impl Strategy<Value = Hello> {
 }
 
 fn welcome() -> impl Strategy<Value = Welcome> {
-    let settings = (
-        any::<[u64; 4]>(),
-        any::<[u32; 3]>(),
-        prop_oneof![Just(DriftPolicy::ReportOnly), Just(DriftPolicy::Repair)],
-    )
-        .prop_map(|(u, c, policy)| AgentSettings {
-            heartbeat_interval_ms: u[0],
-            telemetry_interval_ms: u[1],
-            outbox_cap_bytes: u[2],
-            rate_limit: RateLimit {
-                per_second: c[0],
-                burst: c[1],
-            },
-            router_concurrency: c[2],
-            drift: DriftSettings {
-                interval_ms: u[3],
-                policy,
-            },
-        });
+    let settings = (any::<[u64; 3]>(), any::<[u32; 3]>()).prop_map(|(u, c)| AgentSettings {
+        heartbeat_interval_ms: u[0],
+        telemetry_interval_ms: u[1],
+        outbox_cap_bytes: u[2],
+        rate_limit: RateLimit {
+            per_second: c[0],
+            burst: c[1],
+        },
+        router_concurrency: c[2],
+    });
     (any::<u16>(), tenant_id(), agent_id(), settings).prop_map(
         |(version, tenant_id, agent_id, settings)| Welcome {
             version,

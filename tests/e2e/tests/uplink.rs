@@ -211,6 +211,7 @@ fn desired(agent: &TestAgent, router: RouterId, generation: u64) -> DesiredState
         hotspot_users: vec![],
         address_list_entries: vec![],
         lifecycles: vec![],
+        drift: Default::default(),
     }
 }
 
@@ -441,6 +442,7 @@ fn applied(generation: u64) -> OutboxRecord {
         generation,
         at: T0,
         changes: 1,
+        conflicts: 0,
         error: None,
     })
 }
