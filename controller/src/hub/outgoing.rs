@@ -229,6 +229,7 @@ mod tests {
             hotspot_users: vec![],
             address_list_entries: vec![],
             lifecycles: vec![],
+            drift: Default::default(),
         }
     }
 
