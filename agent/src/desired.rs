@@ -159,6 +159,7 @@ mod tests {
             hotspot_users: vec![],
             address_list_entries: vec![],
             lifecycles: vec![],
+            drift: Default::default(),
         }
     }
 
