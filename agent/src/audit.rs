@@ -130,6 +130,17 @@ impl AuditLog {
         rx.await.map_err(|_| AuditError::Closed)?
     }
 
+    /// Queues `record` behind everything observed so far without waiting for it to be
+    /// committed (progress reports: the next commit carries it).
+    pub fn send(&self, record: OutboxRecord) -> Result<(), AuditError> {
+        self.tx
+            .send(Item {
+                record: Some(record),
+                reply: None,
+            })
+            .map_err(|_| AuditError::Closed)
+    }
+
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (reply, rx) = oneshot::channel();

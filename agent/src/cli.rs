@@ -416,6 +416,15 @@ async fn run_agent(
         config,
     );
 
+    let desired = Arc::new(crate::desired::DesiredStore::open(&local.store)?);
+    let reconciler = Arc::new(crate::reconcile::Reconciler::new(
+        Arc::clone(&desired),
+        Arc::clone(executor.audit()),
+        local.clock.clone(),
+        crate::reconcile::ReconcileConfig::default(),
+    ));
+    executor.set_reconciler(Arc::clone(&reconciler));
+
     let enrollment = local.identities.enrollment()?;
     let revoked = local.identities.uplink()?.revoked;
     let (uplink, controller) = match (&enrollment, &revoked) {
@@ -435,7 +444,7 @@ async fn run_agent(
                 registry,
                 queue: Arc::clone(&queue),
                 outbox,
-                desired: Arc::new(crate::desired::DesiredStore::open(&local.store)?),
+                desired,
                 clock: local.clock.clone(),
             };
             let uplink = Uplink::new(parts, local.config.uplink.uplink_config()).map_err(|e| {
@@ -462,6 +471,12 @@ async fn run_agent(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
+    };
+    let run_reconciler = async {
+        if !exit_when_idle {
+            let connect: Arc<dyn crate::reconcile::Connect> = Arc::new(executor.clone());
+            reconciler.run(connect, stopped.clone()).await;
+        }
     };
     let run_executor = async {
         if exit_when_idle {
@@ -499,7 +514,7 @@ async fn run_agent(
             _ = rx.wait_for(|s| *s) => {}
         }
     };
-    let ((), uplink_end, ()) = tokio::join!(run_executor, run_uplink, signal);
+    let ((), uplink_end, (), ()) = tokio::join!(run_executor, run_uplink, signal, run_reconciler);
     local.store.commit().await?;
     let counts = queue.counts();
     writeln!(

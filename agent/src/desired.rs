@@ -3,18 +3,25 @@
 //!
 //! The uplink [`put`](DesiredStore::put)s each `desired_state` it receives and commits
 //! (group commit) before acking; an older or equal generation than the one stored changes
-//! nothing, so a redelivery is harmless. The reconciler (to come) reads
-//! [`get`](DesiredStore::get) and records [`set_applied`](DesiredStore::set_applied) when a
-//! pass over a generation finished. [`generations`](DesiredStore::generations) is what the
-//! hello reports, so the controller sends only newer states after a reconnect.
+//! nothing, so a redelivery is harmless, and a stored one wakes the reconciler
+//! ([`changed`](DesiredStore::changed)). The [reconciler](crate::reconcile) reads
+//! [`get`](DesiredStore::get), and when a pass over a generation finished it records the
+//! state it applied ([`set_applied`](DesiredStore::set_applied)): the next pass compares
+//! with it to tell what staff changed from what drifted on the router.
+//! [`generations`](DesiredStore::generations) is what the hello reports, so the controller
+//! sends only newer states after a reconnect.
 //!
 //! On disk (`desired` tree): `d` + 16 router id bytes → MessagePack `DesiredState` (the wire
 //! encoding, named fields); `g` + id → stored generation (u64 big-endian); `a` + id → applied
-//! generation. A state and its `g` key change in one sled transaction.
+//! generation; `p` + id → the applied state; `j` + id → the pass journal (items added
+//! without their marker, MessagePack). A state and its `g` key change in one sled
+//! transaction.
+
+use std::collections::HashSet;
 
 use sled::transaction::ConflictableTransactionError;
 use tikfleet_shared::RouterId;
-use tikfleet_shared::domain::DesiredState;
+use tikfleet_shared::domain::{DesiredState, ItemRef};
 use tikfleet_shared::protocol::RouterGenerations;
 
 use crate::store::{Store, StoreError, TreeName};
@@ -42,6 +49,7 @@ fn number(bytes: &[u8]) -> Option<u64> {
 pub struct DesiredStore {
     store: Store,
     tree: sled::Tree,
+    changed: tokio::sync::Notify,
 }
 
 impl DesiredStore {
@@ -50,16 +58,14 @@ impl DesiredStore {
         Ok(Self {
             tree: store.tree(TreeName::Desired)?,
             store: store.clone(),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
     /// Stores `state` if its generation is higher than the stored one; returns whether it
     /// did. Not committed: call [`Store::commit`] (or [`DesiredStore::store`]) before acking.
     pub fn put(&self, state: &DesiredState) -> Result<bool, StoreError> {
-        let value = rmp_serde::to_vec_named(state).map_err(|e| StoreError::Encode {
-            what: "desired state",
-            reason: e.to_string(),
-        })?;
+        let value = Self::encode(state, "desired state")?;
         let gkey = key(b'g', state.router_id);
         let dkey = key(b'd', state.router_id);
         let generation = state.generation;
@@ -73,7 +79,13 @@ impl DesiredStore {
             Ok::<_, ConflictableTransactionError<()>>(true)
         });
         match result {
-            Ok(stored) => Ok(stored),
+            Ok(stored) => {
+                if stored {
+                    self.changed.notify_waiters();
+                    self.changed.notify_one();
+                }
+                Ok(stored)
+            }
             Err(sled::transaction::TransactionError::Storage(e)) => Err(self.store.map_sled(e)),
             Err(sled::transaction::TransactionError::Abort(())) => Ok(false),
         }
@@ -86,32 +98,104 @@ impl DesiredStore {
         Ok(stored)
     }
 
-    /// The stored desired state of `router`, if any.
-    pub fn get(&self, router: RouterId) -> Result<Option<DesiredState>, StoreError> {
-        let Some(bytes) = self
-            .tree
-            .get(key(b'd', router))
-            .map_err(|e| self.store.map_sled(e))?
-        else {
+    /// Notified whenever a newer state was stored.
+    #[must_use]
+    pub fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
+    }
+
+    /// Commits everything written so far (group commit).
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.store.commit().await
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        key: [u8; 17],
+        what: &str,
+        router: RouterId,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = self.tree.get(key).map_err(|e| self.store.map_sled(e))? else {
             return Ok(None);
         };
         rmp_serde::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StoreError::Corrupt {
                 tree: TREE,
-                reason: format!("desired state of {router}: {e}"),
+                reason: format!("{what} of {router}: {e}"),
             })
     }
 
-    /// Records that the reconciler finished applying `generation` of `router` (never goes
-    /// down). Not committed.
-    pub fn set_applied(&self, router: RouterId, generation: u64) -> Result<(), StoreError> {
+    fn encode<T: serde::Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, StoreError> {
+        rmp_serde::to_vec_named(value).map_err(|e| StoreError::Encode {
+            what,
+            reason: e.to_string(),
+        })
+    }
+
+    /// The stored desired state of `router`, if any.
+    pub fn get(&self, router: RouterId) -> Result<Option<DesiredState>, StoreError> {
+        self.read(key(b'd', router), "desired state", router)
+    }
+
+    /// The state the last finished pass applied to `router`, if any.
+    pub fn applied_state(&self, router: RouterId) -> Result<Option<DesiredState>, StoreError> {
+        self.read(key(b'p', router), "applied state", router)
+    }
+
+    /// Records that a pass finished applying `state` (its generation never goes down). Not
+    /// committed.
+    pub fn set_applied(&self, state: &DesiredState) -> Result<(), StoreError> {
+        let router = state.router_id;
+        let applied = self
+            .tree
+            .get(key(b'a', router))
+            .map_err(|e| self.store.map_sled(e))?
+            .as_deref()
+            .and_then(number)
+            .unwrap_or(0);
+        if state.generation < applied {
+            return Ok(());
+        }
+        let value = Self::encode(state, "applied state")?;
         self.tree
-            .fetch_and_update(key(b'a', router), |old| {
-                let old = old.and_then(number).unwrap_or(0);
-                Some(old.max(generation).to_be_bytes().to_vec())
-            })
+            .insert(key(b'p', router), value)
             .map_err(|e| self.store.map_sled(e))?;
+        self.tree
+            .insert(key(b'a', router), &state.generation.to_be_bytes())
+            .map_err(|e| self.store.map_sled(e))?;
+        Ok(())
+    }
+
+    /// Items a pass added without their marker and has not marked yet.
+    pub fn journal(&self, router: RouterId) -> Result<HashSet<ItemRef>, StoreError> {
+        Ok(self
+            .read::<Vec<ItemRef>>(key(b'j', router), "pass journal", router)?
+            .unwrap_or_default()
+            .into_iter()
+            .collect())
+    }
+
+    /// Replaces the pass journal of `router` (empty: removes it). Not committed.
+    pub fn set_journal(&self, router: RouterId, items: &[ItemRef]) -> Result<(), StoreError> {
+        let k = key(b'j', router);
+        let res = if items.is_empty() {
+            self.tree.remove(k).map(|_| ())
+        } else {
+            self.tree
+                .insert(k, Self::encode(&items, "pass journal")?)
+                .map(|_| ())
+        };
+        res.map_err(|e| self.store.map_sled(e))
+    }
+
+    /// Forgets everything about `router` (it was removed). Not committed.
+    pub fn remove(&self, router: RouterId) -> Result<(), StoreError> {
+        for prefix in [b'd', b'g', b'a', b'p', b'j'] {
+            self.tree
+                .remove(key(prefix, router))
+                .map_err(|e| self.store.map_sled(e))?;
+        }
         Ok(())
     }
 
@@ -175,13 +259,14 @@ mod tests {
             assert!(!desired.store(&state(r1, 5)).await.unwrap(), "same");
             assert!(!desired.store(&state(r1, 3)).await.unwrap(), "older");
             assert!(desired.store(&state(r2, 1)).await.unwrap());
-            desired.set_applied(r1, 4).unwrap();
-            desired.set_applied(r1, 2).unwrap();
+            desired.set_applied(&state(r1, 4)).unwrap();
+            desired.set_applied(&state(r1, 2)).unwrap();
             store.commit().await.unwrap();
         }
         let store = Store::open(&StoreConfig::new(dir.path())).unwrap();
         let desired = DesiredStore::open(&store).unwrap();
         assert_eq!(desired.get(r1).unwrap().unwrap().generation, 5);
+        assert_eq!(desired.applied_state(r1).unwrap().unwrap().generation, 4);
         let mut gens = desired.generations().unwrap();
         gens.sort_by_key(|g| g.stored);
         assert_eq!(

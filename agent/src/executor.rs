@@ -59,16 +59,17 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tikfleet_shared::job::{JobOp, JobStatus, JobUpdate, Progress};
 use tikfleet_shared::record::OutboxRecord;
-use tikfleet_shared::{ErrorClass, ErrorCode, ErrorInfo, JobId, RouterId, TenantId, UnixMillis};
+use tikfleet_shared::{ErrorClass, ErrorCode, ErrorInfo, JobId, RouterId, UnixMillis};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{JoinError, JoinSet};
 
 use crate::audit::{self, AuditLog};
 use crate::clock::SharedClock;
-use crate::ops::{self, OpOutcome};
+use crate::ops;
 use crate::outbox::Outbox;
 use crate::queue::{JobRecord, JobStore, Queue, SledJobStore};
 use crate::ratelimit::{ConcurrencyLimits, Rate, RateLimiter};
+use crate::reconcile::{Connect, Reconciler};
 use crate::registry::Registry;
 use crate::router::RouterEndpoint;
 use crate::routeros::{DriverConfig, DriverError, RouterOsClient};
@@ -275,11 +276,34 @@ struct Shared<S: JobStore> {
     clients: Mutex<HashMap<RouterId, ClientSlot>>,
     rng: Mutex<StdRng>,
     heals: Mutex<HashMap<JobId, u32>>,
+    reconciler: std::sync::OnceLock<Arc<Reconciler>>,
 }
 
-/// The job executor. See the module documentation.
+/// The job executor. See the module documentation. Clones share one executor.
 pub struct Executor<S: JobStore + 'static = SledJobStore> {
     shared: Arc<Shared<S>>,
+}
+
+impl<S: JobStore + 'static> Clone for Executor<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The reconciler uses the executor's cached clients (one per router, shared with jobs).
+impl<S: JobStore + 'static> Connect for Executor<S> {
+    fn client(
+        &self,
+        router: RouterId,
+    ) -> futures_util::future::BoxFuture<'_, Result<RouterOsClient, DriverError>> {
+        Box::pin(self.shared.client(router))
+    }
+
+    fn forget(&self, router: RouterId) {
+        self.shared.forget_client(router);
+    }
 }
 
 impl<S: JobStore + 'static> std::fmt::Debug for Executor<S> {
@@ -315,11 +339,18 @@ impl<S: JobStore + 'static> Executor<S> {
             clients: Mutex::new(HashMap::new()),
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
             heals: Mutex::new(HashMap::new()),
+            reconciler: std::sync::OnceLock::new(),
             config,
         };
         Self {
             shared: Arc::new(shared),
         }
+    }
+
+    /// Hands `drift_check` and `enforce` jobs to `reconciler` (without one they fail as
+    /// invalid requests). Set once; later calls change nothing.
+    pub fn set_reconciler(&self, reconciler: Arc<Reconciler>) {
+        let _ = self.shared.reconciler.set(reconciler);
     }
 
     /// The audit writer, for other components that send router commands (their records
@@ -498,17 +529,14 @@ impl<S: JobStore + 'static> Shared<S> {
             // No command runs unless the audit pipe works: nothing would record it.
             return;
         }
-        let result =
-            audit::with_job(job.id, self.attempt(job.router_id, job.tenant_id, &job.op)).await;
+        let result = audit::with_job(job.id, self.attempt(&record)).await;
         self.finish(&record, result).await;
     }
 
-    async fn attempt(
-        &self,
-        router: RouterId,
-        tenant: TenantId,
-        op: &JobOp,
-    ) -> Result<OpOutcome, DriverError> {
+    /// Runs one attempt; the result's text is the job's detail.
+    async fn attempt(&self, record: &JobRecord) -> Result<String, DriverError> {
+        let job = &record.job;
+        let (router, tenant, op) = (job.router_id, job.tenant_id, &job.op);
         let client = self.client(router).await?;
         if client.endpoint().tenant != tenant {
             return Err(DriverError::new(
@@ -519,7 +547,44 @@ impl<S: JobStore + 'static> Shared<S> {
         self.rate
             .acquire_n(router, tenant, command_budget(op), &*self.clock)
             .await;
-        let res = ops::execute(&client, op).await;
+        let res = match op {
+            JobOp::DriftCheck {} | JobOp::Enforce { .. } => {
+                let Some(reconciler) = self.reconciler.get() else {
+                    return Err(DriverError::new(
+                        ErrorCode::InvalidRequest,
+                        "this agent runs no reconciler, so it cannot check or enforce drift",
+                    ));
+                };
+                // Progress goes behind the pass's audit records, without waiting for a
+                // commit; the queue keeps it for `queue list`.
+                let progress = |p: Progress| {
+                    let now = self.clock.now();
+                    log_queue(
+                        job.id,
+                        "progressed",
+                        self.queue.set_progress(job.id, p, now),
+                    );
+                    let update = JobUpdate {
+                        job_id: job.id,
+                        router_id: router,
+                        status: JobStatus::Running,
+                        attempts: record.attempts,
+                        progress: Some(p),
+                        error: None,
+                        detail: None,
+                        at: now,
+                    };
+                    if let Err(e) = self.audit.send(OutboxRecord::JobUpdate(update)) {
+                        tracing::debug!(error = %e, "job progress not recorded");
+                    }
+                };
+                reconciler
+                    .job(&client, router, job.id, op, &progress)
+                    .await
+                    .map(|r| r.detail())
+            }
+            _ => ops::execute(&client, op).await.map(|o| o.detail()),
+        };
         if let Err(e) = &res
             && drops_client(e.code())
         {
@@ -568,15 +633,14 @@ impl<S: JobStore + 'static> Shared<S> {
         lock(&self.clients).remove(&router);
     }
 
-    async fn finish(&self, record: &JobRecord, result: Result<OpOutcome, DriverError>) {
+    async fn finish(&self, record: &JobRecord, result: Result<String, DriverError>) {
         let job = &record.job;
         let id = job.id;
         let now = self.clock.now();
         let e = match result {
-            Ok(outcome) => {
+            Ok(detail) => {
                 let done = Progress { done: 1, total: 1 };
                 log_queue(id, "progressed", self.queue.set_progress(id, done, now));
-                let detail = outcome.detail();
                 if !self
                     .update(
                         record,

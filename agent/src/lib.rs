@@ -43,6 +43,7 @@ pub mod ops;
 pub mod outbox;
 pub mod queue;
 pub mod ratelimit;
+pub mod reconcile;
 pub mod registry;
 pub mod router;
 pub mod routeros;

@@ -188,36 +188,36 @@ pub async fn execute_with(
 // Menus and fields
 
 /// A managed menu.
-struct Menu {
+pub(crate) struct Menu {
     /// `/ppp/secret`.
-    path: &'static str,
+    pub(crate) path: &'static str,
     /// For messages: `ppp secret`.
-    noun: &'static str,
+    pub(crate) noun: &'static str,
     /// Whether the menu has a `comment` (where the marker lives).
     comment: bool,
 }
 
-const PPP_SECRET: Menu = Menu {
+pub(crate) const PPP_SECRET: Menu = Menu {
     path: "/ppp/secret",
     noun: "ppp secret",
     comment: true,
 };
-const PPP_PROFILE: Menu = Menu {
+pub(crate) const PPP_PROFILE: Menu = Menu {
     path: "/ppp/profile",
     noun: "ppp profile",
     comment: true,
 };
-const HOTSPOT_USER: Menu = Menu {
+pub(crate) const HOTSPOT_USER: Menu = Menu {
     path: "/ip/hotspot/user",
     noun: "hotspot user",
     comment: true,
 };
-const HOTSPOT_PROFILE: Menu = Menu {
+pub(crate) const HOTSPOT_PROFILE: Menu = Menu {
     path: "/ip/hotspot/user/profile",
     noun: "hotspot user profile",
     comment: false,
 };
-const ADDRESS_LIST: Menu = Menu {
+pub(crate) const ADDRESS_LIST: Menu = Menu {
     path: "/ip/firewall/address-list",
     noun: "address-list entry",
     comment: true,
@@ -225,7 +225,7 @@ const ADDRESS_LIST: Menu = Menu {
 
 impl Menu {
     /// Whether this menu takes the marker at all on this router.
-    fn has_comment(&self, caps: &Capabilities) -> bool {
+    pub(crate) fn has_comment(&self, caps: &Capabilities) -> bool {
         if self.path == HOTSPOT_PROFILE.path {
             caps.hotspot_profile_comment
         } else {
@@ -234,14 +234,14 @@ impl Menu {
     }
 
     /// Whether the comment must be written with the `comment` verb instead of `add`/`set`.
-    fn comment_by_verb(&self, caps: &Capabilities) -> bool {
+    pub(crate) fn comment_by_verb(&self, caps: &Capabilities) -> bool {
         matches!(self.path, "/ppp/secret" | "/ppp/profile") && !caps.ppp_comment_on_add
     }
 }
 
 /// How values of a field compare.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Text,
     Bool,
     Rate,
@@ -250,18 +250,19 @@ enum Kind {
 }
 
 #[derive(Clone, Debug)]
-enum Want {
+pub(crate) enum Want {
     Set(String),
     Secret(Secret),
     /// Back to the default / absent.
     Unset,
 }
 
+/// One field of a managed item as tikfleet wants it.
 #[derive(Clone, Debug)]
-struct Field {
-    name: &'static str,
-    kind: Kind,
-    want: Want,
+pub(crate) struct Field {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) want: Want,
 }
 
 impl Field {
@@ -294,7 +295,7 @@ impl Field {
     }
 
     /// Whether the router's value (`None`: absent) already is what we want.
-    fn satisfied_by(&self, current: Option<&str>) -> bool {
+    pub(crate) fn satisfied_by(&self, current: Option<&str>) -> bool {
         match &self.want {
             Want::Set(v) => {
                 current.is_some_and(|c| normalize(self.kind, c) == normalize(self.kind, v))
@@ -306,7 +307,7 @@ impl Field {
 }
 
 /// Normalises a value for comparison.
-fn normalize(kind: Kind, v: &str) -> String {
+pub(crate) fn normalize(kind: Kind, v: &str) -> String {
     let v = v.trim();
     match kind {
         Kind::Text => v.to_owned(),
@@ -380,7 +381,7 @@ fn duration_secs(v: &str) -> Option<u64> {
 }
 
 /// The comment tikfleet writes: the marker, then the item's own comment.
-fn marked(comment: Option<&str>) -> String {
+pub(crate) fn marked(comment: Option<&str>) -> String {
     match comment.map(str::trim) {
         Some(c) if !c.is_empty() && !c.starts_with(MARKER) => format!("{MARKER} {c}"),
         Some(c) if !c.is_empty() => c.to_owned(),
@@ -388,7 +389,7 @@ fn marked(comment: Option<&str>) -> String {
     }
 }
 
-fn is_marked(row: &Row) -> bool {
+pub(crate) fn is_marked(row: &Row) -> bool {
     row.get("comment").is_some_and(|c| c.starts_with(MARKER))
 }
 
@@ -428,7 +429,7 @@ async fn find(
     Ok(rows.into_iter().find(|r| keep(r)))
 }
 
-fn id_of(row: &Row, menu: &Menu) -> Result<String, DriverError> {
+pub(crate) fn id_of(row: &Row, menu: &Menu) -> Result<String, DriverError> {
     row.get(".id").cloned().ok_or_else(|| {
         DriverError::new(
             ErrorCode::RouterError,
@@ -437,7 +438,7 @@ fn id_of(row: &Row, menu: &Menu) -> Result<String, DriverError> {
     })
 }
 
-fn with_field(cmd: Cmd, f: &Field) -> Cmd {
+pub(crate) fn with_field(cmd: Cmd, f: &Field) -> Cmd {
     match &f.want {
         Want::Set(v) => cmd.attr(f.name, v.clone()),
         Want::Secret(s) => cmd.secret(f.name, s),
@@ -612,7 +613,7 @@ async fn finish_account(
 }
 
 /// The profile every RouterOS has in `/ppp/profile` and `/ip/hotspot/user/profile`.
-const BUILTIN_PROFILE: &str = "default";
+pub(crate) const BUILTIN_PROFILE: &str = "default";
 
 /// The outcome of the profile an account job carries: a profile that exists but is not ours
 /// (an administrator's, or a built-in one), or that a job running beside this one added first,
@@ -627,18 +628,72 @@ fn profile_first(outcome: Result<OpOutcome, DriverError>) -> Result<(), DriverEr
     }
 }
 
-async fn upsert_ppp_secret(
-    client: &RouterOsClient,
-    s: &PppSecret,
-    o: Ownership,
-) -> Result<OpOutcome, DriverError> {
-    let fields = vec![
+/// The fields of a PPP secret (its key, `name`, aside).
+pub(crate) fn ppp_secret_fields(s: &PppSecret) -> Vec<Field> {
+    vec![
         Field::secret("password", &s.password),
         Field::set("service", Kind::Text, s.service.as_str()),
         Field::set("profile", Kind::Text, &s.profile),
         Field::bool("disabled", s.disabled),
         Field::opt("remote-address", Kind::Address, s.remote_address.as_deref()),
+    ]
+}
+
+/// The fields of a hotspot user (its key, `name`, aside).
+pub(crate) fn hotspot_user_fields(u: &HotspotUser) -> Vec<Field> {
+    vec![
+        Field::secret("password", &u.password),
+        Field::set("profile", Kind::Text, &u.profile),
+        Field::set("server", Kind::Text, u.server.as_deref().unwrap_or("all")),
+        Field::opt("mac-address", Kind::Text, u.mac_address.as_deref()),
+        Field::bool("disabled", u.disabled),
+    ]
+}
+
+/// The fields of a PPP profile (its key, `name`, aside).
+pub(crate) fn ppp_profile_fields(p: &PppProfile) -> Vec<Field> {
+    let mut fields = vec![
+        Field::opt("rate-limit", Kind::Rate, p.rate_limit.as_deref()),
+        Field::opt("address-list", Kind::Text, p.address_list.as_deref()),
+        Field::opt("local-address", Kind::Text, p.local_address.as_deref()),
+        Field::opt("remote-address", Kind::Text, p.remote_address.as_deref()),
+        Field::opt("dns-server", Kind::Text, p.dns_server.as_deref()),
     ];
+    if let Some(only_one) = p.only_one {
+        fields.push(Field::bool("only-one", only_one));
+    }
+    fields
+}
+
+/// The fields of a hotspot user profile (its key, `name`, aside).
+pub(crate) fn hotspot_profile_fields(p: &HotspotProfile) -> Vec<Field> {
+    let secs = |s: Option<u64>| s.map(|s| format!("{s}s"));
+    let mut fields = vec![
+        Field::opt("rate-limit", Kind::Rate, p.rate_limit.as_deref()),
+        Field::opt("address-list", Kind::Text, p.address_list.as_deref()),
+        Field::opt(
+            "session-timeout",
+            Kind::Duration,
+            secs(p.session_timeout_secs).as_deref(),
+        ),
+        Field::opt(
+            "idle-timeout",
+            Kind::Duration,
+            secs(p.idle_timeout_secs).as_deref(),
+        ),
+    ];
+    if let Some(n) = p.shared_users {
+        fields.push(Field::set("shared-users", Kind::Text, n.to_string()));
+    }
+    fields
+}
+
+async fn upsert_ppp_secret(
+    client: &RouterOsClient,
+    s: &PppSecret,
+    o: Ownership,
+) -> Result<OpOutcome, DriverError> {
+    let fields = ppp_secret_fields(s);
     let change = ensure(
         client,
         &PPP_SECRET,
@@ -656,13 +711,7 @@ async fn upsert_hotspot_user(
     u: &HotspotUser,
     o: Ownership,
 ) -> Result<OpOutcome, DriverError> {
-    let fields = vec![
-        Field::secret("password", &u.password),
-        Field::set("profile", Kind::Text, &u.profile),
-        Field::set("server", Kind::Text, u.server.as_deref().unwrap_or("all")),
-        Field::opt("mac-address", Kind::Text, u.mac_address.as_deref()),
-        Field::bool("disabled", u.disabled),
-    ];
+    let fields = hotspot_user_fields(u);
     let change = ensure(
         client,
         &HOTSPOT_USER,
@@ -766,16 +815,7 @@ async fn upsert_ppp_profile(
     p: &PppProfile,
     o: Ownership,
 ) -> Result<OpOutcome, DriverError> {
-    let mut fields = vec![
-        Field::opt("rate-limit", Kind::Rate, p.rate_limit.as_deref()),
-        Field::opt("address-list", Kind::Text, p.address_list.as_deref()),
-        Field::opt("local-address", Kind::Text, p.local_address.as_deref()),
-        Field::opt("remote-address", Kind::Text, p.remote_address.as_deref()),
-        Field::opt("dns-server", Kind::Text, p.dns_server.as_deref()),
-    ];
-    if let Some(only_one) = p.only_one {
-        fields.push(Field::bool("only-one", only_one));
-    }
+    let fields = ppp_profile_fields(p);
     ensure(
         client,
         &PPP_PROFILE,
@@ -793,24 +833,7 @@ async fn upsert_hotspot_profile(
     p: &HotspotProfile,
     o: Ownership,
 ) -> Result<OpOutcome, DriverError> {
-    let secs = |s: Option<u64>| s.map(|s| format!("{s}s"));
-    let mut fields = vec![
-        Field::opt("rate-limit", Kind::Rate, p.rate_limit.as_deref()),
-        Field::opt("address-list", Kind::Text, p.address_list.as_deref()),
-        Field::opt(
-            "session-timeout",
-            Kind::Duration,
-            secs(p.session_timeout_secs).as_deref(),
-        ),
-        Field::opt(
-            "idle-timeout",
-            Kind::Duration,
-            secs(p.idle_timeout_secs).as_deref(),
-        ),
-    ];
-    if let Some(n) = p.shared_users {
-        fields.push(Field::set("shared-users", Kind::Text, n.to_string()));
-    }
+    let fields = hotspot_profile_fields(p);
     ensure(
         client,
         &HOTSPOT_PROFILE,

@@ -288,6 +288,92 @@ impl RouterOsClient {
             .collect()
     }
 
+    /// Runs `cmds` on one connection with at most `window` of them in flight (each tagged),
+    /// calling `each(index, result)` as each one completes, in completion order. Bulk work
+    /// (the reconciler) uses it: a router across a slow link is kept busy without being
+    /// flooded. Commands must not depend on each other's order.
+    ///
+    /// If the connection fails, the command that saw it and every command not yet answered
+    /// or sent get that error (the connection is dropped from the pool; the caller decides
+    /// whether to run a new pass).
+    pub async fn run_window(
+        &self,
+        cmds: &[Cmd],
+        window: usize,
+        mut each: impl FnMut(usize, Result<Vec<Row>, DriverError>),
+    ) {
+        use futures_util::StreamExt as _;
+        use futures_util::stream::FuturesUnordered;
+
+        if cmds.is_empty() {
+            return;
+        }
+        let lease = match self.acquire().await {
+            Ok(l) => l,
+            Err(e) => {
+                let e = self.ctx(e);
+                for (i, cmd) in cmds.iter().enumerate() {
+                    self.observe(cmd, self.inner.clock.now(), Duration::ZERO, Err(&e));
+                    each(i, Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let timeout = self.inner.config.command_timeout;
+        let window = window.max(1);
+        let mut running = FuturesUnordered::new();
+        let mut next = 0;
+        let mut broken: Option<DriverError> = None;
+        loop {
+            while broken.is_none() && next < cmds.len() && running.len() < window {
+                let cmd = &cmds[next];
+                let started_at = self.inner.clock.now();
+                let t0 = Instant::now();
+                let guard = LoadGuard::new(&lease.live.load);
+                match lease.live.device.send_command(cmd.build()).await {
+                    Ok(rx) => {
+                        let i = next;
+                        let deadline = tokio::time::Instant::from_std(t0 + timeout);
+                        running.push(async move {
+                            let res = collect(rx, deadline, cmd.path(), timeout).await;
+                            drop(guard);
+                            (i, res, started_at, t0)
+                        });
+                    }
+                    Err(e) => {
+                        let e = self.ctx(from_device(&e));
+                        self.observe(cmd, started_at, t0.elapsed(), Err(&e));
+                        each(next, Err(e.clone()));
+                        broken = Some(e);
+                    }
+                }
+                next += 1;
+            }
+            let Some((i, res, started_at, t0)) = running.next().await else {
+                break;
+            };
+            if let Err(e) = &res
+                && matches!(
+                    e.code(),
+                    ErrorCode::ConnectionReset | ErrorCode::RouterFatal | ErrorCode::Timeout
+                )
+                && broken.is_none()
+            {
+                broken = Some(self.ctx(e.clone()));
+            }
+            let res = res.map_err(|e| self.ctx(e));
+            self.observe(&cmds[i], started_at, t0.elapsed(), res.as_ref().map(|_| ()));
+            each(i, res);
+        }
+        if let Some(e) = broken {
+            self.invalidate(lease.slot, lease.live.generation).await;
+            // Never sent: nothing reached the router, so they are not audited as run.
+            for i in next..cmds.len() {
+                each(i, Err(e.clone()));
+            }
+        }
+    }
+
     /// Asks the router whether a newer RouterOS exists (`check-for-updates`, then reads
     /// `status` / `latest-version`). Never fails: a failed check says so in `error`.
     pub async fn check_for_updates(&self) -> UpdateCheck {
