@@ -51,6 +51,7 @@ fn job(tenant: TenantId, router: RouterId, i: usize) -> Job {
         },
         created_at: NOW,
         max_attempts: 0,
+        generation: None,
     }
 }
 

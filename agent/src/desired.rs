@@ -50,6 +50,10 @@ pub struct DesiredStore {
     store: Store,
     tree: sled::Tree,
     changed: tokio::sync::Notify,
+    /// Counts stored states since the agent started ([`epoch`](DesiredStore::epoch)).
+    epoch: std::sync::atomic::AtomicU64,
+    /// The epoch at which each router's current state was stored.
+    stored_at: std::sync::Mutex<std::collections::HashMap<RouterId, u64>>,
 }
 
 impl DesiredStore {
@@ -59,6 +63,8 @@ impl DesiredStore {
             tree: store.tree(TreeName::Desired)?,
             store: store.clone(),
             changed: tokio::sync::Notify::new(),
+            epoch: std::sync::atomic::AtomicU64::new(1),
+            stored_at: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -81,6 +87,11 @@ impl DesiredStore {
         match result {
             Ok(stored) => {
                 if stored {
+                    let epoch = self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    self.stored_at
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(state.router_id, epoch);
                     self.changed.notify_waiters();
                     self.changed.notify_one();
                 }
@@ -102,6 +113,26 @@ impl DesiredStore {
     #[must_use]
     pub fn changed(&self) -> &tokio::sync::Notify {
         &self.changed
+    }
+
+    /// A counter that moves each time a state is stored (in memory, from 1 at start). The
+    /// reconciler compares it with the moments jobs ran: a job that ran after a router's
+    /// state was stored carries newer intent than that state.
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The [`epoch`](Self::epoch) at which `router`'s current state was stored (0: before
+    /// this start).
+    #[must_use]
+    pub fn stored_epoch(&self, router: RouterId) -> u64 {
+        self.stored_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&router)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Commits everything written so far (group commit).

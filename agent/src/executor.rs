@@ -583,7 +583,20 @@ impl<S: JobStore + 'static> Shared<S> {
                     .await
                     .map(|r| r.detail())
             }
-            _ => ops::execute(&client, op).await.map(|o| o.detail()),
+            _ => {
+                // Beside other jobs, never in the middle of a reconcile pass; the pass that
+                // follows leaves what this job changed to the next desired state.
+                let reconciler = self.reconciler.get();
+                let _guard = match reconciler {
+                    Some(r) => Some(r.job_lock(router).await),
+                    None => None,
+                };
+                let res = ops::execute(&client, op).await;
+                if let Some(r) = reconciler {
+                    r.note_job(router, op, job.generation);
+                }
+                res.map(|o| o.detail())
+            }
         };
         if let Err(e) = &res
             && drops_client(e.code())

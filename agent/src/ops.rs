@@ -12,9 +12,11 @@
 //! marks it). `/ip/hotspot/user/profile` has no comment field, so hotspot profiles are managed
 //! by name alone (see [`Capabilities::hotspot_profile_comment`]).
 //!
-//! Disabling an account or changing its profile does not affect a live session, so when an
-//! operation changes `profile` or `disabled` of an account it also removes the account's
-//! active sessions (routeros.md, "Suspension, done properly").
+//! Disabling an account or changing its profile or password does not affect a live session,
+//! so when an operation changes `profile`, `disabled` or `password` of an account it also
+//! removes the account's active sessions (routeros.md, "Suspension, done properly"): the
+//! subscriber's equipment dials again and gets the new terms (or, with an old password, is
+//! refused).
 //!
 //! Built on [`crate::routeros`]; every command is observed there.
 
@@ -457,37 +459,18 @@ async fn ensure(
 ) -> Result<Change, DriverError> {
     let caps = client.caps();
     let with_comment = menu.has_comment(&caps);
-    let found = find(client, menu, &[key], &fields, |_| true).await?;
-    let Some(row) = found else {
-        let mut add = Cmd::new(format!("{}/add", menu.path)).attr(key.0, key.1);
-        for f in &fields {
-            add = with_field(add, f);
-        }
-        let comment_after = with_comment && menu.comment_by_verb(&caps);
-        if with_comment && !comment_after {
-            add = add.attr("comment", marked(comment));
-        }
-        client.run(add).await?;
-        if comment_after {
-            // RouterOS before 7.15 takes no `comment=` on /ppp add: set it with the verb. If
-            // the agent dies between the two, the next run sees an unmarked item (conflict).
-            let row = find(client, menu, &[key], &[], |_| true)
-                .await?
-                .ok_or_else(|| {
-                    DriverError::new(
-                        ErrorCode::NoSuchItem,
-                        format!("{} {} vanished after add", menu.noun, key.1),
-                    )
-                })?;
-            client
-                .run(
-                    Cmd::new(format!("{}/comment", menu.path))
-                        .attr(".id", id_of(&row, menu)?)
-                        .attr("comment", marked(comment)),
-                )
-                .await?;
-        }
-        return Ok(Change::Created);
+    let row = match find(client, menu, &[key], &fields, |_| true).await? {
+        Some(row) => row,
+        None => match add_item(client, menu, key, &fields, comment, &caps).await {
+            // Someone (the reconciler, a job beside this one) added it between our print
+            // and our add: it exists now, so make that one right instead.
+            Err(e) if e.code() == ErrorCode::DuplicateName => {
+                find(client, menu, &[key], &fields, |_| true)
+                    .await?
+                    .ok_or(e)?
+            }
+            other => return other,
+        },
     };
     if with_comment && !is_marked(&row) && ownership == Ownership::ManagedOnly {
         return Err(conflict(menu, key.1));
@@ -545,6 +528,47 @@ async fn ensure(
     Ok(Change::Updated { fields: changed })
 }
 
+/// Adds the item named by `key` with `fields` and the marker.
+async fn add_item(
+    client: &RouterOsClient,
+    menu: &Menu,
+    key: (&str, &str),
+    fields: &[Field],
+    comment: Option<&str>,
+    caps: &Capabilities,
+) -> Result<Change, DriverError> {
+    let with_comment = menu.has_comment(caps);
+    let mut add = Cmd::new(format!("{}/add", menu.path)).attr(key.0, key.1);
+    for f in fields {
+        add = with_field(add, f);
+    }
+    let comment_after = with_comment && menu.comment_by_verb(caps);
+    if with_comment && !comment_after {
+        add = add.attr("comment", marked(comment));
+    }
+    client.run(add).await?;
+    if comment_after {
+        // RouterOS before 7.15 takes no `comment=` on /ppp add: set it with the verb. If
+        // the agent dies between the two, the next run sees an unmarked item (conflict).
+        let row = find(client, menu, &[key], &[], |_| true)
+            .await?
+            .ok_or_else(|| {
+                DriverError::new(
+                    ErrorCode::NoSuchItem,
+                    format!("{} {} vanished after add", menu.noun, key.1),
+                )
+            })?;
+        client
+            .run(
+                Cmd::new(format!("{}/comment", menu.path))
+                    .attr(".id", id_of(&row, menu)?)
+                    .attr("comment", marked(comment)),
+            )
+            .await?;
+    }
+    Ok(Change::Created)
+}
+
 /// Removes the item if present (and ours).
 async fn remove_found(
     client: &RouterOsClient,
@@ -592,7 +616,8 @@ fn account_menu(kind: AccountKind) -> &'static Menu {
 
 /// Whether a change of these fields needs the account's sessions to reconnect.
 fn needs_reconnect(change: &Change) -> bool {
-    matches!(change, Change::Updated { fields } if fields.iter().any(|f| f == "profile" || f == "disabled"))
+    matches!(change, Change::Updated { fields }
+        if fields.iter().any(|f| matches!(f.as_str(), "profile" | "disabled" | "password")))
 }
 
 async fn finish_account(

@@ -266,6 +266,7 @@ fn plan(
                 op,
                 created_at: now,
                 max_attempts: 0,
+                generation: None,
             }
         })
         .collect();

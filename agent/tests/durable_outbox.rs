@@ -43,6 +43,7 @@ fn concurrent_commits_share_flushes() {
                         op: JobOp::Reboot {},
                         created_at: UnixMillis::new(0),
                         max_attempts: 1,
+                        generation: None,
                     };
                     queue.enqueue(job, UnixMillis::new(0)).await.unwrap();
                 });

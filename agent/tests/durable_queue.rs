@@ -27,6 +27,7 @@ fn job(key: &str, priority: Priority) -> Job {
         },
         created_at: T0,
         max_attempts: 3,
+        generation: None,
     }
 }
 

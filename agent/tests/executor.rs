@@ -152,6 +152,7 @@ impl Rig {
             op,
             created_at: T0,
             max_attempts: 0,
+            generation: None,
         }
     }
 

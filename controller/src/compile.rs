@@ -5,13 +5,15 @@
 //! The items it makes are the ones the subscriber jobs carry too ([`ppp_secret`],
 //! [`hotspot_user`], [`profile`]), so a job and the next desired state never disagree.
 //! Every item carries the agent's managed marker (`tikfleet:`) in its comment, except hotspot
-//! user profiles, which have no comment on RouterOS and are managed by name.
+//! user profiles, which have no comment on RouterOS and are managed by name. The tenant's
+//! drift settings ride along, so the agent checks and enforces as the tenant chose even
+//! while the controller is unreachable.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tikfleet_shared::domain::{
-    AccountKind, AccountRef, DesiredState, HotspotProfile, HotspotUser, PppProfile, PppSecret,
-    PppService, Profile, SubscriberLifecycle,
+    AccountKind, AccountRef, DesiredState, DriftSettings, HotspotProfile, HotspotUser, PppProfile,
+    PppSecret, PppService, Profile, SubscriberLifecycle,
 };
 use tikfleet_shared::{RouterId, Secret, SubscriberId, TenantId, UnixMillis};
 
@@ -113,6 +115,8 @@ pub struct RouterRows<'a> {
     pub plans: &'a BTreeMap<uuid::Uuid, Plan>,
     /// The router's subscribers with their passwords.
     pub subscribers: &'a [(Subscriber, Secret)],
+    /// The tenant's drift settings.
+    pub drift: DriftSettings,
 }
 
 /// Compiles one router's desired state. Subscribers whose plan is missing from `plans` are
@@ -168,7 +172,7 @@ pub fn desired_state(rows: &RouterRows<'_>, compiled_at: UnixMillis) -> DesiredS
         hotspot_users,
         address_list_entries: Vec::new(),
         lifecycles,
-        drift: tikfleet_shared::domain::DriftSettings::default(),
+        drift: rows.drift,
     }
 }
 

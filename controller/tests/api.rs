@@ -35,8 +35,12 @@ async fn tenants_tokens_and_roles() {
         .post(&app.admin, "/api/v1/tenants", json!({"name": "acme"}))
         .await;
     assert_eq!(st, StatusCode::CREATED);
-    assert_eq!(keys(&t), ["id", "name"]);
+    assert_eq!(keys(&t), ["drift", "id", "name"]);
     assert_eq!(t["name"], "acme");
+    assert_eq!(
+        t["drift"],
+        json!({"policy": "enforce", "interval_secs": 3600})
+    );
     let id = s(&t, "id");
     let (st, v) = app
         .post(&app.admin, "/api/v1/tenants", json!({"name": "acme"}))
@@ -1325,6 +1329,12 @@ async fn openapi_document_lists_every_path() {
         "/api/v1/jobs/{id}",
         "/api/v1/jobs/{id}/requeue",
         "/api/v1/jobs/{id}/cancel",
+        "/api/v1/tenants/{id}/drift",
+        "/api/v1/routers/{id}/drift-check",
+        "/api/v1/drift",
+        "/api/v1/drift/{id}",
+        "/api/v1/drift/{id}/accept",
+        "/api/v1/drift/{id}/enforce",
         "/api/v1/audit",
     ] {
         assert!(paths.contains_key(p), "{p} missing");
@@ -1425,6 +1435,16 @@ async fn isolation_matrix() {
             format!("/api/v1/tenants/{ta}/enrollment-tokens"),
             json!({}),
         ),
+        (
+            Method::GET,
+            format!("/api/v1/tenants/{ta}/drift"),
+            Value::Null,
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/tenants/{ta}/drift"),
+            json!({"policy": "report", "interval_secs": 600}),
+        ),
         (Method::GET, format!("/api/v1/agents/{aid}"), Value::Null),
         (
             Method::POST,
@@ -1445,6 +1465,11 @@ async fn isolation_matrix() {
         (
             Method::GET,
             format!("/api/v1/routers/{rid}/sync"),
+            Value::Null,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/routers/{rid}/drift-check"),
             Value::Null,
         ),
         (Method::GET, format!("/api/v1/plans/{pid}"), Value::Null),

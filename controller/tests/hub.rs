@@ -137,6 +137,7 @@ fn job(agent: &TestAgent, router: RouterId) -> Job {
         op: JobOp::DeletePppSecret { name: "x".into() },
         created_at: T0,
         max_attempts: 0,
+        generation: None,
     }
 }
 

@@ -51,6 +51,11 @@ pub struct Job {
     pub created_at: UnixMillis,
     /// Attempts before the job is dead-lettered.
     pub max_attempts: u32,
+    /// The router's desired-state generation made by the same change as this job, if the
+    /// job comes from one. The reconciler leaves the job's items alone in passes over older
+    /// states (jobs and states can reach the agent in either order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 /// The operation a job performs.

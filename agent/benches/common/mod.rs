@@ -28,5 +28,6 @@ pub fn secret_job(tenant: TenantId, router: RouterId, i: usize) -> Job {
         },
         created_at: UnixMillis::from_system_time(std::time::SystemTime::now()),
         max_attempts: 0,
+        generation: None,
     }
 }

@@ -174,7 +174,9 @@ pub struct Reconciler {
     audit: Arc<AuditLog>,
     clock: SharedClock,
     config: ReconcileConfig,
-    locks: Mutex<HashMap<RouterId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<RouterId, Arc<tokio::sync::RwLock<()>>>>,
+    /// Items jobs changed, per router.
+    jobs: Mutex<HashMap<RouterId, HashMap<ItemRef, Note>>>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -271,10 +273,76 @@ impl Reconciler {
             clock,
             config,
             locks: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(HashMap::new()),
         }
     }
 
-    fn lock_for(&self, router: RouterId) -> Arc<tokio::sync::Mutex<()>> {
+    /// Held by a job while it changes `router`: jobs run beside each other, a pass runs
+    /// alone, so a pass never reads a router halfway through a job.
+    pub async fn job_lock(&self, router: RouterId) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.lock_for(router).read_owned().await
+    }
+
+    /// Records that a job changed the items of `op` on `router` (call it while holding
+    /// [`job_lock`](Self::job_lock)). Jobs and desired states can reach the agent in either
+    /// order, so passes over a state older than the job's `generation` leave those items
+    /// alone: the job carries newer intent. A job without a generation (made on site) is
+    /// newer than the state stored before it ran, for the next pass only.
+    pub fn note_job(&self, router: RouterId, op: &JobOp, generation: Option<u64>) {
+        let items = job_items(op);
+        if items.is_empty() {
+            return;
+        }
+        let note = Note {
+            generation,
+            epoch: self.desired.epoch(),
+        };
+        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let notes = jobs.entry(router).or_default();
+        for item in items {
+            let keep = notes
+                .get(&item)
+                .is_some_and(|old| old.generation.unwrap_or(0) > note.generation.unwrap_or(0));
+            if !keep {
+                notes.insert(item, note);
+            }
+        }
+    }
+
+    /// For a pass over `generation`, stored at epoch `stored`: the items to leave alone (a
+    /// job with newer intent changed them) and the items jobs changed for this state or an
+    /// older one (their differences are staff changes on their way, not drift).
+    fn job_notes(
+        &self,
+        router: RouterId,
+        generation: u64,
+        stored: u64,
+    ) -> (HashSet<ItemRef>, HashSet<ItemRef>) {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(notes) = jobs.get(&router) else {
+            return (HashSet::new(), HashSet::new());
+        };
+        let (skip, touched): (Vec<_>, Vec<_>) =
+            notes.iter().partition(|(_, n)| match n.generation {
+                Some(g) => g > generation,
+                None => n.epoch >= stored,
+            });
+        (
+            skip.into_iter().map(|(i, _)| i.clone()).collect(),
+            touched.into_iter().map(|(i, _)| i.clone()).collect(),
+        )
+    }
+
+    /// After a full pass over `generation` succeeded: the notes it covered are done with.
+    fn forget_notes(&self, router: RouterId, generation: u64) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(notes) = jobs.get_mut(&router) {
+            // A job made on site (no generation) is left alone by one pass only.
+            notes.retain(|_, n| n.generation.is_some_and(|g| g > generation));
+        }
+    }
+
+    fn lock_for(&self, router: RouterId) -> Arc<tokio::sync::RwLock<()>> {
         Arc::clone(
             self.locks
                 .lock()
@@ -339,7 +407,8 @@ impl Reconciler {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<PassReport, DriverError> {
         let lock = self.lock_for(router);
-        let _guard = lock.lock().await;
+        let _guard = lock.write().await;
+        let stored_epoch = self.desired.stored_epoch(router);
         let Some(state) = self.desired.get(router).map_err(|e| store_err(&e))? else {
             progress(Progress { done: 1, total: 1 });
             return Ok(PassReport::default());
@@ -354,6 +423,11 @@ impl Reconciler {
             .scope
             .clone()
             .unwrap_or(Scope::All(state.drift.policy));
+        let (skip, touched) = match scope {
+            Scope::All(_) => self.job_notes(router, state.generation, stored_epoch),
+            // Staff asked for these items by name: do it.
+            Scope::Only { .. } => (HashSet::new(), HashSet::new()),
+        };
         let detected_at = self.clock.now();
 
         let rows = read(client).await?;
@@ -363,6 +437,8 @@ impl Reconciler {
             prev: prev.as_ref(),
             rows: &rows,
             journal: &journal,
+            skip: &skip,
+            touched: &touched,
             caps: &caps,
             scope: &scope,
         });
@@ -442,6 +518,7 @@ impl Reconciler {
                 .set_applied(&state)
                 .map_err(|e| store_err(&e))?;
             report.applied = true;
+            self.forget_notes(router, state.generation);
         }
         // The journal is done with once every step succeeded (every journaled item is marked
         // now); after a failure it stays, so the next pass still knows those items are ours.
@@ -806,6 +883,13 @@ fn backoff(config: &ReconcileConfig, failures: u32) -> Duration {
         .min(config.retry_cap)
 }
 
+/// A job's change to an item: the generation its change made, and when it ran.
+#[derive(Clone, Copy, Debug)]
+struct Note {
+    generation: Option<u64>,
+    epoch: u64,
+}
+
 /// Per-router schedule of the run loop.
 struct Sched {
     generation: u64,
@@ -824,6 +908,56 @@ impl Sched {
             retry_at: None,
             failures: 0,
         }
+    }
+}
+
+/// The items a job operation changes.
+fn job_items(op: &JobOp) -> Vec<ItemRef> {
+    let item = |kind, key: &str| ItemRef {
+        kind,
+        key: key.to_owned(),
+    };
+    let account = |a: &AccountRef| match a.kind {
+        AccountKind::Ppp => item(ItemKind::PppSecret, &a.name),
+        AccountKind::Hotspot => item(ItemKind::HotspotUser, &a.name),
+    };
+    let profile = |kind: AccountKind, name: &str| match kind {
+        AccountKind::Ppp => item(ItemKind::PppProfile, name),
+        AccountKind::Hotspot => item(ItemKind::HotspotProfile, name),
+    };
+    match op {
+        JobOp::UpsertPppSecret { secret, profile: p } => {
+            let mut v = vec![item(ItemKind::PppSecret, &secret.name)];
+            v.extend(p.as_ref().map(|p| item(ItemKind::PppProfile, &p.name)));
+            v
+        }
+        JobOp::UpsertHotspotUser { user, profile: p } => {
+            let mut v = vec![item(ItemKind::HotspotUser, &user.name)];
+            v.extend(p.as_ref().map(|p| item(ItemKind::HotspotProfile, &p.name)));
+            v
+        }
+        JobOp::DeletePppSecret { name } => vec![item(ItemKind::PppSecret, name)],
+        JobOp::DeleteHotspotUser { name } => vec![item(ItemKind::HotspotUser, name)],
+        JobOp::SetProfile { account: a, .. }
+        | JobOp::Enable { account: a }
+        | JobOp::Disable { account: a } => vec![account(a)],
+        JobOp::UpsertProfile { profile: p } => vec![profile(p.kind(), p.name())],
+        JobOp::DeleteProfile { kind, name } => vec![profile(*kind, name)],
+        JobOp::AddAddressListEntry { entry } => vec![item(
+            ItemKind::AddressListEntry,
+            &plan::address_key(&entry.list, &entry.address),
+        )],
+        JobOp::RemoveAddressListEntry { list, address } => vec![item(
+            ItemKind::AddressListEntry,
+            &plan::address_key(list, address),
+        )],
+        JobOp::DisconnectSession { .. }
+        | JobOp::Reboot {}
+        | JobOp::BackupNow { .. }
+        | JobOp::Restore { .. }
+        | JobOp::RotateCredentials {}
+        | JobOp::DriftCheck {}
+        | JobOp::Enforce { .. } => Vec::new(),
     }
 }
 

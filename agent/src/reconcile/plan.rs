@@ -130,7 +130,8 @@ fn fingerprint<T: serde::Serialize>(item: &T) -> Vec<u8> {
     rmp_serde::to_vec(item).unwrap_or_default()
 }
 
-fn address_key(list: &str, address: &str) -> String {
+/// The key of an address-list entry: `list/address`, the address without a `/32`.
+pub(crate) fn address_key(list: &str, address: &str) -> String {
     format!("{list}/{}", ops::normalize(Kind::Address, address))
 }
 
@@ -288,6 +289,12 @@ pub(crate) struct Inputs<'a> {
     pub(crate) rows: &'a HashMap<ItemKind, Vec<Row>>,
     /// Items added unmarked by an interrupted pass: ours, though their comment lacks it.
     pub(crate) journal: &'a HashSet<ItemRef>,
+    /// Items a job changed after this desired state was stored: the job is newer intent, so
+    /// the pass leaves them alone (the next state will agree with the job).
+    pub(crate) skip: &'a HashSet<ItemRef>,
+    /// Items jobs changed since the last applied state, for this state or an older one: a
+    /// difference there comes from staff changes still on their way, not from the router.
+    pub(crate) touched: &'a HashSet<ItemRef>,
     /// What this router's version can do.
     pub(crate) caps: &'a Capabilities,
     /// What the pass may touch.
@@ -321,6 +328,8 @@ pub(crate) fn diff(inputs: &Inputs<'_>) -> Plan {
         prev,
         rows,
         journal,
+        skip,
+        touched,
         caps,
         scope,
     } = inputs;
@@ -335,11 +344,12 @@ pub(crate) fn diff(inputs: &Inputs<'_>) -> Plan {
         Scope::All(policy) => (*policy, None, false),
         Scope::Only { items, adopt } => (DriftPolicy::Enforce, Some(items), *adopt),
     };
-    let in_scope = |item: &ItemRef| only.is_none_or(|o| o.contains(item));
+    let in_scope = |item: &ItemRef| only.is_none_or(|o| o.contains(item)) && !skip.contains(item);
     let staff_changed = |w: &Wanted| {
-        prev_items
-            .as_ref()
-            .is_none_or(|p| p.get(&w.item) != Some(&w.fingerprint))
+        touched.contains(&w.item)
+            || prev_items
+                .as_ref()
+                .is_none_or(|p| p.get(&w.item) != Some(&w.fingerprint))
     };
     let fix_drift = policy == DriftPolicy::Enforce;
 
@@ -539,7 +549,8 @@ pub(crate) fn diff(inputs: &Inputs<'_>) -> Plan {
             if !ours {
                 continue;
             }
-            let staff = prev_items.as_ref().is_none_or(|p| p.contains_key(&item));
+            let staff = touched.contains(&item)
+                || prev_items.as_ref().is_none_or(|p| p.contains_key(&item));
             let fix = staff || fix_drift;
             let finding = (!staff).then(|| {
                 push_finding(

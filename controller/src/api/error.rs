@@ -38,6 +38,9 @@ pub mod codes {
     pub const INVALID_SIGNATURE: &str = "invalid_signature";
     /// The rotation was signed too long ago (or in the future).
     pub const SIGNATURE_EXPIRED: &str = "signature_expired";
+    /// The request is well formed but cannot be carried out as asked (a drift item whose
+    /// router value cannot be taken into the database).
+    pub const UNPROCESSABLE: &str = "unprocessable";
 }
 
 /// The body of every error response.
@@ -177,6 +180,9 @@ impl From<DbError> for ApiError {
             }
             DbError::Invalid(m) => Self::invalid(m),
             DbError::Forbidden(m) => Self::forbidden(m),
+            DbError::Unprocessable(m) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, codes::UNPROCESSABLE, m)
+            }
             DbError::Refused(r) => refusal(r),
             other => {
                 let retryable = other.retryable();

@@ -6,9 +6,9 @@
 //! DTO. Tenant isolation is the storage layer's ([`crate::db::Scope`]); errors become the
 //! one JSON shape in [`error`].
 //!
-//! One file per resource: `tenants` (and their staff and enrollment tokens), `agents`
-//! (including enrollment and key rotation), `routers`, `plans`, `subscribers`, `jobs`,
-//! `audit`.
+//! One file per resource: `tenants` (and their staff and enrollment tokens and drift
+//! settings), `agents` (including enrollment and key rotation), `routers`, `plans`,
+//! `subscribers`, `jobs`, `drift`, `audit`.
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -22,6 +22,7 @@ use crate::db::PageRequest;
 
 pub mod agents;
 pub mod audit;
+pub mod drift;
 pub mod error;
 pub mod extract;
 pub mod jobs;
@@ -71,20 +72,22 @@ impl Modify for BearerAuth {
     info(title = "tikfleet controller API", description = "Staff API of the tikfleet controller. See docs/api.md."),
     paths(
         tenants::create, tenants::list, tenants::show, tenants::create_token, tenants::list_tokens,
-        tenants::revoke_token, tenants::create_enrollment_token,
+        tenants::revoke_token, tenants::create_enrollment_token, tenants::show_drift,
+        tenants::set_drift,
         agents::list, agents::show, agents::revoke, agents::enroll, agents::rotate_key,
         routers::create, routers::list, routers::show, routers::update, routers::delete, routers::sync,
         plans::create, plans::list, plans::show, plans::update, plans::delete,
         subscribers::create, subscribers::list, subscribers::show, subscribers::update,
         subscribers::delete, subscribers::suspend, subscribers::resume,
         jobs::list, jobs::show, jobs::requeue, jobs::cancel,
+        drift::check, drift::list, drift::show, drift::accept, drift::enforce,
         audit::list,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth),
     tags(
         (name = "tenants"), (name = "agents"), (name = "routers"), (name = "plans"),
-        (name = "subscribers"), (name = "jobs"), (name = "audit"),
+        (name = "subscribers"), (name = "jobs"), (name = "drift"), (name = "audit"),
     )
 )]
 pub struct ApiDoc;
@@ -124,6 +127,10 @@ pub fn routes(state: AppState) -> Router {
             "/tenants/{id}/enrollment-tokens",
             post(tenants::create_enrollment_token),
         )
+        .route(
+            "/tenants/{id}/drift",
+            get(tenants::show_drift).put(tenants::set_drift),
+        )
         .route("/agents", get(agents::list))
         .route("/agents/enroll", post(agents::enroll))
         .route("/agents/{id}", get(agents::show))
@@ -137,6 +144,7 @@ pub fn routes(state: AppState) -> Router {
                 .delete(routers::delete),
         )
         .route("/routers/{id}/sync", get(routers::sync))
+        .route("/routers/{id}/drift-check", post(drift::check))
         .route("/plans", post(plans::create).get(plans::list))
         .route(
             "/plans/{id}",
@@ -158,6 +166,10 @@ pub fn routes(state: AppState) -> Router {
         .route("/jobs/{id}", get(jobs::show))
         .route("/jobs/{id}/requeue", post(jobs::requeue))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/drift", get(drift::list))
+        .route("/drift/{id}", get(drift::show))
+        .route("/drift/{id}/accept", post(drift::accept))
+        .route("/drift/{id}/enforce", post(drift::enforce))
         .route("/audit", get(audit::list))
         .route("/openapi.json", get(openapi));
     Router::new()

@@ -198,6 +198,30 @@ pub struct SyncDto {
     pub in_sync: bool,
     /// Whether the router's agent is connected now.
     pub agent_connected: bool,
+    /// The agent's last report on a reconcile pass, or null before the first: `done` of
+    /// `total` items of `generation`; `done` equals `total` once the pass finished.
+    pub progress: Option<ReconcileProgressDto>,
+    /// Desired items the last pass left alone because an administrator made an item of
+    /// the same name (see `GET /drift?status=open`: they are `conflict` items).
+    pub conflicts: u32,
+    /// When the agent last compared the router with its desired state in full (RFC 3339),
+    /// or null.
+    pub last_drift_check_at: Option<String>,
+    /// Drift items of the router waiting for staff (status `open`).
+    pub open_drift_items: u64,
+}
+
+/// A reconcile pass's progress.
+#[derive(Serialize, ToSchema)]
+pub struct ReconcileProgressDto {
+    /// The generation being applied.
+    pub generation: u64,
+    /// Items handled.
+    pub done: u64,
+    /// Items in the pass.
+    pub total: u64,
+    /// When the agent reported it (RFC 3339).
+    pub at: String,
 }
 
 impl From<SyncState> for SyncDto {
@@ -209,6 +233,15 @@ impl From<SyncState> for SyncDto {
             applied_generation: s.applied_generation,
             in_sync: s.applied_generation >= s.generation,
             agent_connected: s.agent_connected,
+            progress: s.progress.map(|p| ReconcileProgressDto {
+                generation: p.generation,
+                done: p.done,
+                total: p.total,
+                at: validate::format_time(p.at),
+            }),
+            conflicts: s.conflicts,
+            last_drift_check_at: s.last_drift_check_at.map(validate::format_time),
+            open_drift_items: s.open_drift_items,
         }
     }
 }

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tikfleet_shared::TenantId;
+use tikfleet_shared::domain::DriftPolicy;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
@@ -14,7 +15,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Auth, OptionalJson};
 use super::{ListQuery, validate};
 use crate::app::AppState;
 use crate::auth::Role;
-use crate::db::tenants::Tenant;
+use crate::db::tenants::{Tenant, TenantDrift};
 use crate::db::tokens::StaffToken;
 
 /// A tenant.
@@ -25,6 +26,8 @@ pub struct TenantDto {
     pub id: TenantId,
     /// Its name.
     pub name: String,
+    /// Its drift settings.
+    pub drift: DriftSettingsDto,
 }
 
 impl From<Tenant> for TenantDto {
@@ -32,7 +35,53 @@ impl From<Tenant> for TenantDto {
         Self {
             id: t.id,
             name: t.name,
+            drift: t.drift.into(),
         }
+    }
+}
+
+/// A tenant's drift settings: what its agents do about routers that drifted from their
+/// desired state, and how often they check.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DriftSettingsDto {
+    /// `enforce` (put managed items back and report them) or `report` (only report them,
+    /// for staff to accept or enforce).
+    pub policy: String,
+    /// Seconds between checks of each router: 0 (only when asked, `POST
+    /// /routers/{id}/drift-check`) or 60 to 2592000 (30 days).
+    pub interval_secs: u64,
+}
+
+impl From<TenantDrift> for DriftSettingsDto {
+    fn from(d: TenantDrift) -> Self {
+        Self {
+            policy: d.policy.as_str().to_owned(),
+            interval_secs: d.interval_secs,
+        }
+    }
+}
+
+impl DriftSettingsDto {
+    fn parse(self) -> Result<TenantDrift, ApiError> {
+        let policy: DriftPolicy = self
+            .policy
+            .parse()
+            .map_err(|_| ApiError::invalid("policy must be \"enforce\" or \"report\""))?;
+        let ok = self.interval_secs == 0
+            || (TenantDrift::MIN_INTERVAL_SECS..=TenantDrift::MAX_INTERVAL_SECS)
+                .contains(&self.interval_secs);
+        if !ok {
+            return Err(ApiError::invalid(format!(
+                "interval_secs must be 0 (check only when asked) or {} to {} (30 days)",
+                TenantDrift::MIN_INTERVAL_SECS,
+                TenantDrift::MAX_INTERVAL_SECS
+            )));
+        }
+        Ok(TenantDrift {
+            policy,
+            interval_secs: self.interval_secs,
+        })
     }
 }
 
@@ -280,4 +329,32 @@ pub async fn create_enrollment_token(
             expires_at: validate::format_time(token.expires_at),
         }),
     ))
+}
+
+/// Shows a tenant's drift settings.
+#[utoipa::path(get, path = "/api/v1/tenants/{id}/drift", tag = "tenants", params(("id" = String, Path)),
+    responses((status = 200, body = DriftSettingsDto), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn show_drift(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    ApiPath(id): ApiPath<TenantId>,
+) -> Result<Json<DriftSettingsDto>, ApiError> {
+    Ok(Json(st.db.get_tenant(&p.scope(), id).await?.drift.into()))
+}
+
+/// Changes a tenant's drift settings; every router of the tenant gets a new desired-state
+/// generation that carries them to its agent.
+#[utoipa::path(put, path = "/api/v1/tenants/{id}/drift", tag = "tenants", params(("id" = String, Path)),
+    request_body = DriftSettingsDto,
+    responses((status = 200, body = DriftSettingsDto), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn set_drift(
+    State(st): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<TenantId>,
+    ApiJson(body): ApiJson<DriftSettingsDto>,
+) -> Result<Json<DriftSettingsDto>, ApiError> {
+    let p = auth.writer()?;
+    let drift = body.parse()?;
+    let t = st.db.set_tenant_drift(&p.staff(), id, drift).await?;
+    Ok(Json(t.drift.into()))
 }

@@ -10,11 +10,11 @@
 //! the agent they belong to. The single-agent reads are the same queries with one agent, so
 //! there is one SQL text for each.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use tikfleet_shared::domain::DesiredState;
+use tikfleet_shared::domain::{DesiredState, DriftSettings};
 use tikfleet_shared::job::Job;
 use tikfleet_shared::protocol::RouterGenerations;
 use tikfleet_shared::record::{
@@ -25,7 +25,7 @@ use tikfleet_shared::{AgentId, JobId, RouterId, TenantId, UnixMillis};
 
 use super::jobs::{JOB_COLUMNS, status_name, wire_job};
 use super::routers::parse_tls;
-use super::sql::Sql;
+use super::sql::{Sql, push_in};
 use super::subscribers::{SUBSCRIBER_COLUMNS, subscriber_with_password};
 use super::{Db, DbError, RowExt as _, to_i64};
 use crate::compile;
@@ -52,18 +52,6 @@ where
 
 /// Agents (or routers) named in one query of the hub's reads.
 const AGENTS_PER_QUERY: usize = 500;
-
-/// Appends `(v1, v2, ...)` as bound values; `ids` must not be empty.
-fn push_in(q: &mut Sql, ids: impl IntoIterator<Item = String>) {
-    q.push("(");
-    for (i, id) in ids.into_iter().enumerate() {
-        if i > 0 {
-            q.push(", ");
-        }
-        q.bind(id);
-    }
-    q.push(")");
-}
 
 /// A router as the hub reads it: whose it is, what the agent is told, its generation.
 struct HubRouter {
@@ -155,6 +143,21 @@ impl Db {
                     .insert(plan.id, plan);
             }
         }
+        // The tenants' drift settings, which every state carries.
+        let mut drift: HashMap<TenantId, DriftSettings> = HashMap::new();
+        let tenant_ids: BTreeSet<TenantId> = targets.iter().map(|t| t.1).collect();
+        let tenant_ids: Vec<TenantId> = tenant_ids.into_iter().collect();
+        for chunk in tenant_ids.chunks(AGENTS_PER_QUERY) {
+            let mut q =
+                Sql::new("SELECT id, drift_policy, drift_interval_secs FROM tenants WHERE id IN ");
+            push_in(&mut q, chunk.iter().map(ToString::to_string));
+            for row in q.fetch_all(&mut *conn).await? {
+                drift.insert(
+                    row.parse("id")?,
+                    super::tenants::tenant_drift(&row)?.settings(),
+                );
+            }
+        }
         let (no_plans, no_subscribers) = (BTreeMap::new(), Vec::new());
         let now = self.now();
         Ok(targets
@@ -167,6 +170,7 @@ impl Db {
                         generation,
                         plans: plans.get(&tenant).unwrap_or(&no_plans),
                         subscribers: subscribers.get(&router).unwrap_or(&no_subscribers),
+                        drift: drift.get(&tenant).copied().unwrap_or_default(),
                     },
                     now,
                 )
@@ -386,14 +390,18 @@ impl Db {
         let mut next = committed;
         let (mut telemetry, mut drift, mut dropped) = (0i64, 0i64, 0i64);
         // The agent's own routers: records naming another router are not attached to it.
-        let mut q = Sql::new("SELECT id FROM routers WHERE agent_id = ");
+        // Drift of a deleted router is not kept (nobody can act on it any more).
+        let mut q = Sql::new("SELECT id, deleted_at FROM routers WHERE agent_id = ");
         q.bind(agent.to_string());
-        let own: std::collections::BTreeSet<RouterId> = q
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| r.parse("id"))
-            .collect::<Result<_, _>>()?;
+        let mut own = BTreeSet::new();
+        let mut live = BTreeSet::new();
+        for row in q.fetch_all(&mut *tx).await? {
+            let id: RouterId = row.parse("id")?;
+            own.insert(id);
+            if row.opt_int("deleted_at")?.is_none() {
+                live.insert(id);
+            }
+        }
         for (seq, record) in records {
             if *seq <= next {
                 continue;
@@ -464,13 +472,39 @@ impl Db {
                         .map_err(|e| DbError::Corrupt(e.to_string()))?;
                     let generation = to_i64(a.generation);
                     let mut q = Sql::new("UPDATE routers SET apply_error = ");
-                    q.bind(error);
+                    q.bind(error)
+                        .push(", conflicts = ")
+                        .bind(i64::from(a.conflicts));
                     if a.error.is_none() {
                         q.push(", applied_generation = CASE WHEN applied_generation < ")
                             .bind(generation)
                             .push(" THEN ")
                             .bind(generation)
                             .push(" ELSE applied_generation END");
+                        // The pass is done: its progress reads done = total (0 of 0 when
+                        // the agent sent no progress for this generation). A failed pass
+                        // keeps the progress where it stopped.
+                        let newer = |q: &mut Sql| {
+                            q.push(" WHEN progress_generation IS NULL OR progress_generation < ")
+                                .bind(generation);
+                        };
+                        q.push(", progress_done = CASE WHEN progress_generation = ")
+                            .bind(generation)
+                            .push(" THEN progress_total");
+                        newer(&mut q);
+                        q.push(" THEN 0 ELSE progress_done END, progress_total = CASE");
+                        newer(&mut q);
+                        q.push(" THEN 0 ELSE progress_total END, progress_at = CASE");
+                        newer(&mut q);
+                        q.push(" OR progress_generation = ")
+                            .bind(generation)
+                            .push(" THEN ")
+                            .bind(a.at.as_millis())
+                            .push(" ELSE progress_at END, progress_generation = CASE");
+                        newer(&mut q);
+                        q.push(" THEN ")
+                            .bind(generation)
+                            .push(" ELSE progress_generation END");
                     }
                     q.push(" WHERE id = ")
                         .bind(a.router_id.to_string())
@@ -499,8 +533,32 @@ impl Db {
                         q.execute(&mut *tx).await?;
                     }
                 }
-                OutboxRecord::Drift(_) => drift += 1,
-                OutboxRecord::Progress(_) => {}
+                OutboxRecord::Drift(report) => {
+                    drift += 1;
+                    if live.contains(&report.router_id) {
+                        super::drift::ingest_report(&mut tx, tenant, agent, &name, report).await?;
+                    }
+                }
+                OutboxRecord::Progress(p) => {
+                    // A report about an older generation than the one shown is stale.
+                    let generation = to_i64(p.generation);
+                    let mut q = Sql::new("UPDATE routers SET progress_generation = ");
+                    q.bind(generation)
+                        .push(", progress_done = ")
+                        .bind(to_i64(p.done))
+                        .push(", progress_total = ")
+                        .bind(to_i64(p.total))
+                        .push(", progress_at = ")
+                        .bind(p.at.as_millis())
+                        .push(" WHERE id = ")
+                        .bind(p.router_id.to_string())
+                        .push(" AND agent_id = ")
+                        .bind(agent.to_string())
+                        .push(" AND (progress_generation IS NULL OR progress_generation <= ")
+                        .bind(generation)
+                        .push(")");
+                    q.execute(&mut *tx).await?;
+                }
                 OutboxRecord::Dropped { .. } => dropped += 1,
             }
         }
@@ -777,8 +835,14 @@ impl HubStore for Db {
         records: &[(u64, OutboxRecord)],
     ) -> anyhow::Result<u64> {
         for _ in 0..8 {
-            if let Some(seq) = self.commit_records_once(agent, records).await? {
-                return Ok(seq);
+            match self.commit_records_once(agent, records).await {
+                Ok(Some(seq)) => return Ok(seq),
+                Ok(None) => {}
+                // On PostgreSQL a concurrent commit of the same records can also lose on a
+                // unique index (an audit seq, an unresolved drift item) before it reaches
+                // the seq check: start again from the winner's seq.
+                Err(DbError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         anyhow::bail!(

@@ -102,7 +102,7 @@ fn parse_priority(s: &str) -> Option<Priority> {
 
 pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, router_id, kind, op, idempotency_key, priority, \
      max_attempts, status, attempts, progress_done, progress_total, error, detail, delivered_at, \
-     created_at, updated_at";
+     created_at, updated_at, generation";
 
 pub(crate) fn op_context(id: JobId) -> String {
     format!("job.op:{id}")
@@ -137,6 +137,18 @@ pub(crate) fn job_record(row: &sqlx::any::AnyRow) -> Result<JobRecord, DbError> 
     })
 }
 
+/// One job by id, inside a transaction (no scope: the caller has checked it).
+pub(crate) async fn load_job(
+    conn: &mut sqlx::AnyConnection,
+    id: JobId,
+) -> Result<JobRecord, DbError> {
+    let mut q = Sql::new("SELECT ");
+    q.push(JOB_COLUMNS)
+        .push(" FROM jobs WHERE id = ")
+        .bind(id.to_string());
+    job_record(&q.fetch_one(conn).await?)
+}
+
 /// The wire job of a row, with its operation decrypted.
 pub(crate) fn wire_job(key: &AtRestKey, row: &sqlx::any::AnyRow) -> Result<Job, DbError> {
     let r = job_record(row)?;
@@ -152,6 +164,9 @@ pub(crate) fn wire_job(key: &AtRestKey, row: &sqlx::any::AnyRow) -> Result<Job, 
         op,
         created_at: r.created_at,
         max_attempts: u32::try_from(row.int("max_attempts")?).unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        generation: row
+            .opt_int("generation")?
+            .and_then(|g| u64::try_from(g).ok()),
     })
 }
 
@@ -212,6 +227,8 @@ pub(crate) struct NewJob<'a> {
     pub(crate) priority: Priority,
     pub(crate) op: &'a JobOp,
     pub(crate) now: UnixMillis,
+    /// The router's desired generation the same change made, if any.
+    pub(crate) generation: Option<u64>,
 }
 
 /// Queues a job inside a transaction; its operation is encrypted at rest.
@@ -226,7 +243,7 @@ pub(crate) async fn insert_job(
         .ok_or_else(|| DbError::Corrupt("no job was inserted".into()))
 }
 
-/// Rows per multi-row `INSERT` (13 values each, far below both databases' bind limits).
+/// Rows per multi-row `INSERT` (14 values each, far below both databases' bind limits).
 const INSERT_CHUNK: usize = 200;
 
 /// Queues jobs inside a transaction, many rows per statement (a plan change queues one per
@@ -241,7 +258,7 @@ pub(crate) async fn insert_jobs<'a>(
     while jobs.peek().is_some() {
         let mut q = Sql::new(
             "INSERT INTO jobs (id, tenant_id, router_id, kind, op, idempotency_key, priority, max_attempts, \
-             order_key, after_key, status, created_at, updated_at) VALUES ",
+             order_key, after_key, status, created_at, updated_at, generation) VALUES ",
         );
         let mut keys = Vec::new();
         for job in jobs.by_ref().take(INSERT_CHUNK) {
@@ -252,6 +269,7 @@ pub(crate) async fn insert_jobs<'a>(
                 priority,
                 op,
                 now,
+                generation,
             } = job;
             let id = JobId::new();
             let json = zeroize::Zeroizing::new(
@@ -283,6 +301,8 @@ pub(crate) async fn insert_jobs<'a>(
                 .bind(now.as_millis())
                 .push(", ")
                 .bind(now.as_millis())
+                .push(", ")
+                .bind(generation.map(super::to_i64))
                 .push(")");
             keys.push(idempotency_key);
             ids.push(id);

@@ -10,7 +10,7 @@
 //!
 //! Layout: [`sql`] (a small query builder with `$n` placeholders that both databases accept),
 //! one file per table family (`tenants`, `tokens`, `agents`, `routers`, `plans`,
-//! `subscribers`, `jobs`, `audit`), and `hub` (the [`HubStore`](crate::hub::HubStore)
+//! `subscribers`, `jobs`, `audit`, `drift`), and `hub` (the [`HubStore`](crate::hub::HubStore)
 //! implementation the agent hub uses).
 
 use std::borrow::Cow;
@@ -28,6 +28,7 @@ use crate::hub::AgentSignals;
 
 pub mod agents;
 pub mod audit;
+pub mod drift;
 mod hub;
 pub mod jobs;
 pub mod page;
@@ -141,6 +142,10 @@ pub enum DbError {
     /// The caller's role may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// The request is well formed but cannot be carried out as asked (a drift item whose
+    /// router value tikfleet cannot take); the message says what to do instead.
+    #[error("{0}")]
+    Unprocessable(String),
     /// An enrollment or key rotation was refused.
     #[error("refused: {0:?}")]
     Refused(Refusal),
@@ -264,6 +269,13 @@ fn migrator() -> Migrator {
                 Cow::Borrowed("hub indexes"),
                 MigrationType::Simple,
                 Cow::Borrowed(include_str!("../../migrations/0003_hub_indexes.sql")),
+                false,
+            ),
+            Migration::new(
+                4,
+                Cow::Borrowed("drift"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0004_drift.sql")),
                 false,
             ),
         ]),

@@ -188,9 +188,24 @@ impl Db {
         id: Uuid,
         patch: PlanPatch,
     ) -> Result<Plan, DbError> {
-        let now = self.now();
         let mut tx = self.begin().await?;
-        let before = load(&mut tx, &staff.scope, id).await?;
+        let (after, agents) = self.update_plan_in(&mut tx, staff, id, patch).await?;
+        tx.commit().await?;
+        self.notify(agents);
+        Ok(after)
+    }
+
+    /// [`update_plan`](Self::update_plan) inside `tx`; returns the agents to wake once it
+    /// commits.
+    pub(crate) async fn update_plan_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        staff: &Staff,
+        id: Uuid,
+        patch: PlanPatch,
+    ) -> Result<(Plan, BTreeSet<AgentId>), DbError> {
+        let now = self.now();
+        let before = load(tx, &staff.scope, id).await?;
         let mut q = Sql::new("UPDATE plans SET updated_at = ");
         q.bind(now.as_millis());
         let mut params = AuditParams::new();
@@ -204,10 +219,10 @@ impl Db {
             params.insert("rate_limit", rate.clone());
         }
         q.push(" WHERE id = ").bind(id.to_string());
-        q.execute(&mut *tx)
+        q.execute(&mut **tx)
             .await
             .map_err(unique_as("a plan with this name already exists"))?;
-        let after = load(&mut tx, &staff.scope, id).await?;
+        let after = load(tx, &staff.scope, id).await?;
         let mut agents = BTreeSet::<AgentId>::new();
         if after.rate_limit != before.rate_limit {
             // Set-based, so a plan used on 10,000 routers is a few statements, not 30,000:
@@ -220,13 +235,13 @@ impl Db {
                 )
                 .bind(id.to_string())
                 .push(")");
-            q.execute(&mut *tx).await?;
+            q.execute(&mut **tx).await?;
             let mut q = Sql::new(
                 "SELECT DISTINCT s.router_id, s.service, r.agent_id, r.generation FROM subscribers s \
                  JOIN routers r ON r.id = s.router_id WHERE r.deleted_at IS NULL AND s.plan_id = ",
             );
             q.bind(id.to_string());
-            let rows = q.fetch_all(&mut *tx).await?;
+            let rows = q.fetch_all(&mut **tx).await?;
             let mut targets = Vec::with_capacity(rows.len());
             for row in rows {
                 let router: RouterId = row.parse("router_id")?;
@@ -253,12 +268,13 @@ impl Db {
                     priority: Priority::Normal,
                     op,
                     now,
+                    generation: Some(*generation),
                 });
             }
-            super::jobs::insert_jobs(&mut tx, self.key(), jobs).await?;
+            super::jobs::insert_jobs(tx, self.key(), jobs).await?;
         }
         audit_staff(
-            &mut tx,
+            tx,
             now,
             Some(after.tenant_id),
             None,
@@ -267,9 +283,7 @@ impl Db {
             &params,
         )
         .await?;
-        tx.commit().await?;
-        self.notify(agents);
-        Ok(after)
+        Ok((after, agents))
     }
 
     /// Deletes a plan no subscriber uses.

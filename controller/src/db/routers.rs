@@ -110,6 +110,27 @@ pub struct SyncState {
     pub applied_generation: u64,
     /// Whether the router's agent is connected now.
     pub agent_connected: bool,
+    /// The last reconcile progress the agent reported, if any.
+    pub progress: Option<ReconcileProgress>,
+    /// Desired items the last pass left alone because an administrator's item has their name.
+    pub conflicts: u32,
+    /// When the router was last compared with its desired state in full.
+    pub last_drift_check_at: Option<UnixMillis>,
+    /// Drift items of the router that are open.
+    pub open_drift_items: u64,
+}
+
+/// A reconcile pass's progress over one generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReconcileProgress {
+    /// The generation being applied.
+    pub generation: u64,
+    /// Items handled.
+    pub done: u64,
+    /// Items in the pass.
+    pub total: u64,
+    /// When the agent reported it.
+    pub at: UnixMillis,
 }
 
 pub(crate) const ROUTER_COLUMNS: &str = "id, tenant_id, agent_id, name, address, api_port, ssh_port, tls, username, \
@@ -430,7 +451,10 @@ impl Db {
     /// Not found (or not visible), or the database failed.
     pub async fn router_sync(&self, scope: &Scope, id: RouterId) -> Result<SyncState, DbError> {
         let mut q = Sql::new(
-            "SELECT r.id, r.generation, r.stored_generation, r.applied_generation, a.connected \
+            "SELECT r.id, r.generation, r.stored_generation, r.applied_generation, a.connected, \
+             r.progress_generation, r.progress_done, r.progress_total, r.progress_at, r.conflicts, \
+             r.last_drift_check_at, (SELECT COUNT(*) FROM drift_items d \
+             WHERE d.router_id = r.id AND d.status = 'open') AS open_drift_items \
              FROM routers r JOIN agents a ON a.id = r.agent_id WHERE r.deleted_at IS NULL AND r.id = ",
         );
         q.bind(id.to_string());
@@ -445,6 +469,26 @@ impl Db {
             stored_generation: row.uint("stored_generation")?,
             applied_generation: row.uint("applied_generation")?,
             agent_connected: row.int("connected")? != 0,
+            progress: match (
+                row.opt_int("progress_generation")?,
+                row.opt_int("progress_done")?,
+                row.opt_int("progress_total")?,
+                row.opt_int("progress_at")?,
+            ) {
+                (Some(generation), Some(done), Some(total), Some(at)) => {
+                    let uint = |v: i64| u64::try_from(v).unwrap_or(0);
+                    Some(ReconcileProgress {
+                        generation: uint(generation),
+                        done: uint(done),
+                        total: uint(total),
+                        at: UnixMillis(at),
+                    })
+                }
+                _ => None,
+            },
+            conflicts: u32::try_from(row.int("conflicts")?).unwrap_or(u32::MAX),
+            last_drift_check_at: row.opt_millis("last_drift_check_at")?,
+            open_drift_items: row.uint("open_drift_items")?,
         })
     }
 }

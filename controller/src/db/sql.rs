@@ -83,3 +83,15 @@ impl Sql {
         sqlx::query_with(&text, args).execute(e).await
     }
 }
+
+/// Appends `(v1, v2, ...)` as bound values; `ids` must not be empty.
+pub(crate) fn push_in(q: &mut Sql, ids: impl IntoIterator<Item = String>) {
+    q.push("(");
+    for (i, id) in ids.into_iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.bind(id);
+    }
+    q.push(")");
+}

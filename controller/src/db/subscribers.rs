@@ -202,6 +202,7 @@ impl Change<'_> {
         key: String,
         priority: Priority,
         op: JobOp,
+        generation: u64,
     ) -> Result<(), DbError> {
         let job = super::jobs::NewJob {
             tenant: self.tenant,
@@ -210,6 +211,7 @@ impl Change<'_> {
             priority,
             op: &op,
             now: self.now,
+            generation: Some(generation),
         };
         super::jobs::insert_job(tx, self.db.key(), job).await?;
         Ok(())
@@ -243,6 +245,7 @@ impl Change<'_> {
             job_key(sub.id, &op, sub.router_id, generation),
             priority,
             op,
+            generation,
         )
         .await
     }
@@ -267,6 +270,7 @@ impl Change<'_> {
             job_key(sub.id, &op, sub.router_id, generation),
             Priority::Normal,
             op,
+            generation,
         )
         .await
     }
@@ -456,20 +460,31 @@ impl Db {
         id: SubscriberId,
         patch: SubscriberPatch,
     ) -> Result<Subscriber, DbError> {
-        let now = self.now();
         let mut tx = self.begin().await?;
-        let (before, old_password) = self.load_subscriber(&mut tx, &staff.scope, id).await?;
+        let (after, agents) = self.update_subscriber_in(&mut tx, staff, id, patch).await?;
+        tx.commit().await?;
+        self.notify(agents);
+        Ok(after)
+    }
+
+    /// [`update_subscriber`](Self::update_subscriber) inside `tx`; returns the agents to
+    /// wake once it commits.
+    pub(crate) async fn update_subscriber_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        staff: &Staff,
+        id: SubscriberId,
+        patch: SubscriberPatch,
+    ) -> Result<(Subscriber, BTreeSet<AgentId>), DbError> {
+        let now = self.now();
+        let (before, old_password) = self.load_subscriber(tx, &staff.scope, id).await?;
         let router_id = patch.router_id.unwrap_or(before.router_id);
-        let router = super::routers::load(&mut tx, &staff.scope, router_id).await?;
+        let router = super::routers::load(tx, &staff.scope, router_id).await?;
         if router.tenant_id != before.tenant_id {
             return Err(DbError::NotFound("router"));
         }
-        let plan = super::plans::load(
-            &mut tx,
-            &staff.scope,
-            patch.plan_id.unwrap_or(before.plan_id),
-        )
-        .await?;
+        let plan =
+            super::plans::load(tx, &staff.scope, patch.plan_id.unwrap_or(before.plan_id)).await?;
         check_same_tenant(router.tenant_id, &plan)?;
         let password = patch.password.clone().unwrap_or(old_password);
         let after = Subscriber {
@@ -503,7 +518,7 @@ impl Db {
             );
         }
         q.push(" WHERE id = ").bind(id.to_string());
-        q.execute(&mut *tx).await.map_err(unique_as(format!(
+        q.execute(&mut **tx).await.map_err(unique_as(format!(
             "the router already has a {} account named {:?}",
             after.service.as_str(),
             after.username
@@ -519,28 +534,21 @@ impl Db {
             || before.service != after.service
             || before.username != after.username;
         if key_changed {
-            let old_generation = change.touch(&mut tx, before.router_id).await?;
-            change.remove(&mut tx, &before, old_generation).await?;
+            let old_generation = change.touch(tx, before.router_id).await?;
+            change.remove(tx, &before, old_generation).await?;
         }
         let generation = if key_changed && before.router_id == after.router_id {
-            super::routers::load(&mut tx, &staff.scope, after.router_id)
+            super::routers::load(tx, &staff.scope, after.router_id)
                 .await?
                 .generation
         } else {
-            change.touch(&mut tx, after.router_id).await?
+            change.touch(tx, after.router_id).await?
         };
         let account_changed =
             key_changed || patch.password.is_some() || before.plan_id != after.plan_id;
         if account_changed {
             change
-                .upsert(
-                    &mut tx,
-                    &after,
-                    &password,
-                    &plan,
-                    generation,
-                    Priority::Normal,
-                )
+                .upsert(tx, &after, &password, &plan, generation, Priority::Normal)
                 .await?;
         }
         if before.plan_id != after.plan_id && !key_changed {
@@ -549,11 +557,12 @@ impl Db {
             };
             change
                 .job(
-                    &mut tx,
+                    tx,
                     after.router_id,
                     job_key(id, &op, after.router_id, generation),
                     Priority::Normal,
                     op,
+                    generation,
                 )
                 .await?;
         }
@@ -562,7 +571,7 @@ impl Db {
             params.insert_secret("password", pw);
         }
         audit_staff(
-            &mut tx,
+            tx,
             now,
             Some(after.tenant_id),
             Some(after.router_id),
@@ -571,9 +580,7 @@ impl Db {
             &params,
         )
         .await?;
-        tx.commit().await?;
-        self.notify(change.agents);
-        Ok(after)
+        Ok((after, change.agents))
     }
 
     /// Deletes a subscriber and removes its account from the router.
@@ -581,23 +588,37 @@ impl Db {
     /// # Errors
     /// Not found (or not visible), or the database failed.
     pub async fn delete_subscriber(&self, staff: &Staff, id: SubscriberId) -> Result<(), DbError> {
-        let now = self.now();
         let mut tx = self.begin().await?;
-        let (sub, _) = self.load_subscriber(&mut tx, &staff.scope, id).await?;
+        let agents = self.delete_subscriber_in(&mut tx, staff, id).await?;
+        tx.commit().await?;
+        self.notify(agents);
+        Ok(())
+    }
+
+    /// [`delete_subscriber`](Self::delete_subscriber) inside `tx`; returns the agents to wake
+    /// once it commits.
+    pub(crate) async fn delete_subscriber_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        staff: &Staff,
+        id: SubscriberId,
+    ) -> Result<BTreeSet<AgentId>, DbError> {
+        let now = self.now();
+        let (sub, _) = self.load_subscriber(tx, &staff.scope, id).await?;
         let mut q = Sql::new("DELETE FROM subscribers WHERE id = ");
         q.bind(id.to_string());
-        q.execute(&mut *tx).await?;
+        q.execute(&mut **tx).await?;
         let mut change = Change {
             db: self,
             tenant: sub.tenant_id,
             now,
             agents: BTreeSet::new(),
         };
-        let generation = change.touch(&mut tx, sub.router_id).await?;
-        change.remove(&mut tx, &sub, generation).await?;
+        let generation = change.touch(tx, sub.router_id).await?;
+        change.remove(tx, &sub, generation).await?;
         let params = params_of(&sub);
         audit_staff(
-            &mut tx,
+            tx,
             now,
             Some(sub.tenant_id),
             Some(sub.router_id),
@@ -606,9 +627,7 @@ impl Db {
             &params,
         )
         .await?;
-        tx.commit().await?;
-        self.notify(change.agents);
-        Ok(())
+        Ok(change.agents)
     }
 
     /// Suspends a subscriber: disables its account and disconnects its sessions. Suspending a
@@ -644,11 +663,26 @@ impl Db {
         id: SubscriberId,
         status: SubscriberStatus,
     ) -> Result<Subscriber, DbError> {
-        let now = self.now();
         let mut tx = self.begin().await?;
-        let (before, _) = self.load_subscriber(&mut tx, &staff.scope, id).await?;
+        let (after, agents) = self.set_status_in(&mut tx, staff, id, status).await?;
+        tx.commit().await?;
+        self.notify(agents);
+        Ok(after)
+    }
+
+    /// Suspends or resumes a subscriber inside `tx`; returns the agents to wake once it
+    /// commits (none when the status was already `status`).
+    pub(crate) async fn set_status_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        staff: &Staff,
+        id: SubscriberId,
+        status: SubscriberStatus,
+    ) -> Result<(Subscriber, BTreeSet<AgentId>), DbError> {
+        let now = self.now();
+        let (before, _) = self.load_subscriber(tx, &staff.scope, id).await?;
         if before.status == status {
-            return Ok(before);
+            return Ok((before, BTreeSet::new()));
         }
         let mut q = Sql::new("UPDATE subscribers SET status = ");
         q.bind(status.as_str().to_owned())
@@ -656,7 +690,7 @@ impl Db {
             .bind(now.as_millis())
             .push(" WHERE id = ")
             .bind(id.to_string());
-        q.execute(&mut *tx).await?;
+        q.execute(&mut **tx).await?;
         let after = Subscriber {
             status,
             updated_at: now,
@@ -668,7 +702,7 @@ impl Db {
             now,
             agents: BTreeSet::new(),
         };
-        let generation = change.touch(&mut tx, after.router_id).await?;
+        let generation = change.touch(tx, after.router_id).await?;
         let account = compile::account(&after);
         let ops = match status {
             SubscriberStatus::Suspended => vec![
@@ -682,7 +716,7 @@ impl Db {
         for op in ops {
             let key = job_key(id, &op, after.router_id, generation);
             change
-                .job(&mut tx, after.router_id, key, Priority::Critical, op)
+                .job(tx, after.router_id, key, Priority::Critical, op, generation)
                 .await?;
         }
         let action = match status {
@@ -690,7 +724,7 @@ impl Db {
             SubscriberStatus::Active => "subscriber.resume",
         };
         audit_staff(
-            &mut tx,
+            tx,
             now,
             Some(after.tenant_id),
             Some(after.router_id),
@@ -699,9 +733,7 @@ impl Db {
             &params_of(&after),
         )
         .await?;
-        tx.commit().await?;
-        self.notify(change.agents);
-        Ok(after)
+        Ok((after, change.agents))
     }
 }
 

@@ -1022,6 +1022,7 @@ mod tests {
             op: tikfleet_shared::job::JobOp::Reboot {},
             created_at: UnixMillis::EPOCH,
             max_attempts: 0,
+            generation: None,
         };
         let jobs = vec![job(1), job(2), job(3)];
         s.outgoing.add_jobs(jobs);

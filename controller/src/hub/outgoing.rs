@@ -244,6 +244,7 @@ mod tests {
             op: JobOp::Reboot {},
             created_at: UnixMillis::EPOCH,
             max_attempts: 0,
+            generation: None,
         }
     }
 

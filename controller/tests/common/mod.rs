@@ -181,6 +181,11 @@ impl TestApp {
         .await
     }
 
+    pub async fn put(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.http.put(self.url(path)).bearer_auth(token).json(&body))
+            .await
+    }
+
     pub async fn delete(&self, token: &str, path: &str) -> (StatusCode, Value) {
         self.send(self.http.delete(self.url(path)).bearer_auth(token))
             .await

@@ -111,6 +111,7 @@ fn job(op: JobOp) -> Job {
         op,
         created_at: T0,
         max_attempts: 5,
+        generation: None,
     }
 }
 
@@ -551,6 +552,17 @@ pub fn all() -> Vec<(String, Envelope)> {
         let name = format!("job/{}", op.name());
         out.push((name, durable(100 + i as u64, 7, Message::Job(job(op)))));
     }
+    out.push((
+        "job/with_generation".into(),
+        durable(
+            200,
+            7,
+            Message::Job(Job {
+                generation: Some(13),
+                ..job(JobOp::DriftCheck {})
+            }),
+        ),
+    ));
     for (i, (name, record)) in all_records().into_iter().enumerate() {
         out.push((name, durable(1_042 + i as u64, 44, Message::Record(record))));
     }

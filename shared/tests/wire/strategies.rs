@@ -353,6 +353,7 @@ pub fn job() -> impl Strategy<Value = Job> {
         job_op(),
         time(),
         any::<u32>(),
+        of(any::<u64>()),
     )
         .prop_map(
             |(
@@ -364,6 +365,7 @@ pub fn job() -> impl Strategy<Value = Job> {
                 op,
                 created_at,
                 max_attempts,
+                generation,
             )| {
                 Job {
                     id,
@@ -374,6 +376,7 @@ pub fn job() -> impl Strategy<Value = Job> {
                     op,
                     created_at,
                     max_attempts,
+                    generation,
                 }
             },
         )

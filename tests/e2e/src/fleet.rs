@@ -369,8 +369,10 @@ impl Controller {
             .expect("the database opens");
         use sqlx::Row as _;
         let agent: uuid::Uuid = agent.parse().expect("an agent id");
+        // The agent's own records carry their outbox seq; rows the controller writes from a
+        // drift report (one per finding) carry none.
         let seqs: Vec<i64> = sqlx::query(&format!(
-            "SELECT seq FROM audit WHERE agent_id = '{agent}' ORDER BY seq"
+            "SELECT seq FROM audit WHERE agent_id = '{agent}' AND seq IS NOT NULL ORDER BY seq"
         ))
         .fetch_all(&mut conn)
         .await

@@ -76,13 +76,31 @@ async fn subscriber(
 }
 
 /// Waits until the router's desired state is stored by the agent (the API's sync view).
+/// Waits until the agent stored the router's latest desired state and its reconciler
+/// applied it.
 async fn synced(api: &Api, router: &str) -> Value {
-    eventually("the agent to store the desired state", SETTLE, || async {
-        let (status, v) = api.get(&format!("/api/v1/routers/{router}/sync")).await;
-        assert_eq!(status, StatusCode::OK, "{v}");
-        (v["desired_generation"] == v["stored_generation"]).then_some(v)
-    })
+    eventually(
+        "the agent to store and apply the desired state",
+        SETTLE,
+        || async {
+            let (status, v) = api.get(&format!("/api/v1/routers/{router}/sync")).await;
+            assert_eq!(status, StatusCode::OK, "{v}");
+            (v["desired_generation"] == v["stored_generation"]
+                && v["desired_generation"] == v["applied_generation"]
+                && v["in_sync"] == true)
+                .then_some(v)
+        },
+    )
     .await
+}
+
+/// Every drift item the controller has for `router`, resolved ones included.
+async fn drift_items(api: &Api, router: &str) -> Vec<Value> {
+    let (status, v) = api
+        .get(&format!("/api/v1/drift?router_id={router}&status=all"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v["items"].as_array().cloned().unwrap_or_default()
 }
 
 /// Counts of audit rows per action, for rows matching `keep`.
@@ -217,9 +235,13 @@ async fn each_api_change_reaches_the_router() {
             .await;
         assert_eq!(status, StatusCode::OK, "{v}");
         ops.all_jobs_succeed(SETTLE).await;
+        assert_eq!(
+            sim.menu(0, "/ppp/secret")["alice"]["password"],
+            "alice-pw-2"
+        );
         assert!(
-            sim.menu(0, "/ppp/active").contains_key("alice"),
-            "a new password alone does not disconnect"
+            !sim.menu(0, "/ppp/active").contains_key("alice"),
+            "a new password disconnects the session, so the old one stops working"
         );
         // The CPE dials again with the new password.
         sim.hang_up(0, "pppoe", "alice");
@@ -597,6 +619,10 @@ async fn sixty_seconds_of_flaps_lose_nothing_and_apply_nothing_twice() {
         each_job_ran_once(&jobs);
         assert_eq!(secrets(&sim), expected_secrets(&ops).await);
         synced(&ops, &router).await;
+        // Jobs and desired states raced all along; the reconciler never took a job's newer
+        // change for drift (it would have undone it).
+        let drift = drift_items(&ops, &router).await;
+        assert!(drift.is_empty(), "{drift:#?}");
         running.stop().await.expect("the agent stops cleanly");
         let audit = ops.audit().await;
         let staff = staff_actions(&audit);

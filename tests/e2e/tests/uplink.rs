@@ -196,6 +196,7 @@ impl TestAgent {
             op,
             created_at: T0,
             max_attempts: 0,
+            generation: None,
         }
     }
 }

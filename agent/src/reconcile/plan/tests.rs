@@ -79,6 +79,8 @@ fn plan(
         prev,
         rows,
         journal: &HashSet::new(),
+        skip: &HashSet::new(),
+        touched: &HashSet::new(),
         caps: &caps(version),
         scope: &scope,
     })
