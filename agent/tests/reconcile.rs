@@ -8,13 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::future::BoxFuture;
 use routeros_common::*;
 use tikfleet_agent::audit::AuditLog;
 use tikfleet_agent::clock::{ManualClock, SharedClock};
 use tikfleet_agent::desired::DesiredStore;
 use tikfleet_agent::outbox::{Outbox, OutboxConfig};
-use tikfleet_agent::reconcile::{PassReport, ReconcileConfig, Reconciler, Request, Scope};
-use tikfleet_agent::routeros::{Cmd, RouterOsClient};
+use tikfleet_agent::reconcile::{Connect, PassReport, ReconcileConfig, Reconciler, Request, Scope};
+use tikfleet_agent::routeros::{Cmd, DriverError, RouterOsClient};
 use tikfleet_agent::store::{Store, StoreConfig};
 use tikfleet_shared::domain::{
     AddressListEntry, DesiredState, DriftPolicy, DriftSettings, HotspotProfile, HotspotUser,
@@ -36,7 +37,8 @@ struct Agent {
     outbox: Arc<Outbox>,
     audit: Arc<AuditLog>,
     desired: Arc<DesiredStore>,
-    rec: Reconciler,
+    clock: Arc<ManualClock>,
+    rec: Arc<Reconciler>,
 }
 
 impl Agent {
@@ -45,13 +47,14 @@ impl Agent {
         let outbox = Arc::new(Outbox::open(&store, OutboxConfig::default()).expect("outbox"));
         let audit = Arc::new(AuditLog::start(Arc::clone(&outbox)));
         let desired = Arc::new(DesiredStore::open(&store).expect("desired"));
-        let clock: SharedClock = Arc::new(ManualClock::new(T0));
-        let rec = Reconciler::new(
+        let clock = Arc::new(ManualClock::new(T0));
+        let shared: SharedClock = clock.clone();
+        let rec = Arc::new(Reconciler::new(
             Arc::clone(&desired),
             Arc::clone(&audit),
-            clock,
+            shared,
             ReconcileConfig::default(),
-        );
+        ));
         Self {
             dir,
             router,
@@ -59,6 +62,7 @@ impl Agent {
             outbox,
             audit,
             desired,
+            clock,
             rec,
         }
     }
@@ -77,6 +81,7 @@ impl Agent {
             audit,
             desired,
             rec,
+            ..
         } = self;
         drop(rec);
         Arc::try_unwrap(audit)
@@ -394,7 +399,7 @@ async fn ten_thousand_converge_then_a_thousand_changes_then_no_drift() {
     .expect("test timed out");
 }
 
-async fn run(client: &RouterOsClient, cmd: Cmd) {
+async fn run_cmd(client: &RouterOsClient, cmd: Cmd) {
     client.run(cmd).await.expect("router command");
 }
 
@@ -416,7 +421,7 @@ async fn drift_is_reported_under_report_and_corrected_under_enforce() {
 
         // Someone changes the router by hand.
         let id = id_of(&sim, "/ppp/secret", "sub00001");
-        run(
+        run_cmd(
             &client,
             Cmd::new("/ppp/secret/set")
                 .attr(".id", id)
@@ -424,7 +429,7 @@ async fn drift_is_reported_under_report_and_corrected_under_enforce() {
         )
         .await;
         let id = id_of(&sim, "/ppp/secret", "sub00002");
-        run(
+        run_cmd(
             &client,
             Cmd::new("/ppp/secret/set")
                 .attr(".id", id)
@@ -432,16 +437,16 @@ async fn drift_is_reported_under_report_and_corrected_under_enforce() {
         )
         .await;
         let id = id_of(&sim, "/ppp/secret", "sub00003");
-        run(&client, Cmd::new("/ppp/secret/remove").attr(".id", id)).await;
+        run_cmd(&client, Cmd::new("/ppp/secret/remove").attr(".id", id)).await;
         let id = id_of(&sim, "/ppp/profile", "plan-a");
-        run(
+        run_cmd(
             &client,
             Cmd::new("/ppp/profile/set")
                 .attr(".id", id)
                 .attr("rate-limit", "99M/99M"),
         )
         .await;
-        run(
+        run_cmd(
             &client,
             Cmd::new("/ppp/secret/add")
                 .attr("name", "intruder")
@@ -543,7 +548,7 @@ async fn an_administrators_item_is_a_conflict_until_adopted() {
         let agent = Agent::new();
         // Made by hand before tikfleet came: one with a desired name, one without.
         for name in ["sub00000", "boss"] {
-            run(
+            run_cmd(
                 &client,
                 Cmd::new("/ppp/secret/add")
                     .attr("name", name)
@@ -710,6 +715,115 @@ async fn a_slow_router_gets_a_bounded_window_of_commands_in_flight() {
             max > window / 2 && max <= window,
             "commands in flight: at most {max} (window {window})"
         );
+    })
+    .await;
+}
+
+/// Hands the reconciler's run loop one fixed client.
+struct Fixed(RouterOsClient);
+
+impl Connect for Fixed {
+    fn client(&self, _: RouterId) -> BoxFuture<'_, Result<RouterOsClient, DriverError>> {
+        let c = self.0.clone();
+        Box::pin(async move { Ok(c) })
+    }
+
+    fn forget(&self, _: RouterId) {}
+}
+
+/// Polls `check` until it holds (the run loop works on its own task).
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_run_loop_applies_new_states_retries_and_checks_on_schedule() {
+    within(async {
+        let sim = sim("7.16.2").await;
+        let (client, _) = client(&sim).await;
+        let agent = Agent::new();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let run =
+            tokio::spawn(Arc::clone(&agent.rec).run(Arc::new(Fixed(client.clone())), stopped));
+        let applied = |agent: &Agent| {
+            agent
+                .desired
+                .generations()
+                .unwrap()
+                .first()
+                .map_or(0, |g| g.applied)
+        };
+        let secrets = |n: usize| (0..n).map(|i| secret(i, "plan-a")).collect::<Vec<_>>();
+
+        // A stored state is applied without being asked.
+        let mut one = state(agent.router, 1, secrets(5));
+        one.drift = DriftSettings {
+            interval_ms: 60_000,
+            policy: DriftPolicy::Enforce,
+        };
+        agent.want(&one).await;
+        until("generation 1 applied", || applied(&agent) == 1).await;
+        assert_exact(&sim, &one);
+
+        // A pass that fails is retried after its backoff.
+        let mut two = one.clone();
+        two.generation = 2;
+        two.ppp_secrets = secrets(6);
+        faults(
+            &sim,
+            FaultsPatch {
+                traps: Some(BTreeMap::from([(
+                    "/ppp/secret/add".to_owned(),
+                    "failure: out of memory".to_owned(),
+                )])),
+                ..FaultsPatch::default()
+            },
+        );
+        let adds = |sim: &tikfleet_sim::Running| {
+            lock(&sim.router(0).stats)
+                .view(None, Instant::now())
+                .by_path
+                .get("/ppp/secret/add")
+                .copied()
+                .unwrap_or(0)
+        };
+        let before = adds(&sim);
+        agent.want(&two).await;
+        until("a failed pass over generation 2", || adds(&sim) > before).await;
+        assert_eq!(applied(&agent), 1);
+        clear_faults(&sim);
+        // The retry waits for its backoff on the agent's clock: time passes, it runs.
+        until("generation 2 applied", || {
+            agent.clock.advance(std::time::Duration::from_millis(500));
+            applied(&agent) == 2
+        })
+        .await;
+        assert_exact(&sim, &two);
+
+        // The drift schedule: a hand change is put back once the interval has passed.
+        let id = id_of(&sim, "/ppp/secret", "sub00001");
+        run_cmd(
+            &client,
+            Cmd::new("/ppp/secret/set")
+                .attr(".id", id)
+                .attr("profile", "plan-b"),
+        )
+        .await;
+        agent.clock.advance(std::time::Duration::from_secs(61));
+        until("the scheduled check to correct it", || {
+            row(&sim, "/ppp/secret", "name", "sub00001").unwrap()["profile"] == "plan-a"
+        })
+        .await;
+        let findings = agent.last_findings().await;
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].action, DriftAction::Corrected);
+
+        stop.send(true).unwrap();
+        run.await.unwrap();
     })
     .await;
 }

@@ -486,8 +486,13 @@ impl Task {
         let guard = if service.is_zero() {
             None
         } else {
-            let g = self.router.service.lock().await;
-            tokio::time::sleep(service).await;
+            // Served after the commands ahead of it, or from its arrival if the router was
+            // idle then (not from when this task got the lock: that is late by a tick).
+            let arrived = tokio::time::Instant::now();
+            let mut g = self.router.service.lock().await;
+            let done = g.map_or(arrived, |free| free.max(arrived)) + service;
+            *g = Some(done);
+            tokio::time::sleep_until(done).await;
             Some(g)
         };
         let tag = cmd.tag.as_deref();

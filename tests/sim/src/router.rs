@@ -40,8 +40,11 @@ pub struct Router {
     pub faults: Mutex<Faults>,
     /// Command counters.
     pub stats: Mutex<Stats>,
-    /// Held for the service time of each command.
-    pub service: tokio::sync::Mutex<()>,
+    /// Held for the service time of each command; holds when the router is next free.
+    /// Each command is done `service_ms` after the previous one (or after it arrived, if
+    /// the router was idle): deadlines add up exactly, so the timer's millisecond ticks do
+    /// not make a busy router slower than `service_ms` per command.
+    pub service: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// Bumped on every reboot; connections close when it changes.
     pub reboots: watch::Sender<u64>,
     /// Default downtime of a reboot.
@@ -58,7 +61,7 @@ impl Router {
             device: Mutex::new(device),
             faults: Mutex::new(Faults::default()),
             stats: Mutex::new(Stats::default()),
-            service: tokio::sync::Mutex::new(()),
+            service: tokio::sync::Mutex::new(None),
             reboots: watch::channel(0).0,
             reboot_down,
             addrs: OnceLock::new(),
