@@ -736,10 +736,11 @@ async fn bench() -> anyhow::Result<()> {
         }
     }
 
-    if tools.contains(&Tool::Tikfleet) && conditions.iter().any(|c| c.key == CONDITIONS_NONE.key) {
-        if let Err(e) = scale(&program, n).await {
-            println!("  FAILED: {e:#}");
-        }
+    if tools.contains(&Tool::Tikfleet)
+        && conditions.iter().any(|c| c.key == CONDITIONS_NONE.key)
+        && let Err(e) = scale(&program, n).await
+    {
+        println!("  FAILED: {e:#}");
     }
 
     let cx = Context {

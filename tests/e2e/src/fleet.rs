@@ -711,3 +711,49 @@ pub async fn add_router(api: &Api, sim: &Sim, i: usize, agent: &str, name: &str)
         .await;
     r["id"].as_str().expect("router id").to_owned()
 }
+
+impl Api {
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    /// Waits until job `id` finished (`succeeded`, `failed` or `cancelled`); returns it.
+    pub async fn job_finished(&self, id: &str, limit: Duration) -> Value {
+        eventually(&format!("job {id} to finish"), limit, || async {
+            let job = self.job(id).await;
+            matches!(
+                job["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+            .then_some(job)
+        })
+        .await
+    }
+}
+
+/// A RouterOS API client of router `i` of `sim`, logged in as its administrator
+/// (admin/admin): for changes made on the router by hand, behind tikfleet's back.
+pub async fn admin_client(sim: &Sim, i: usize) -> tikfleet_agent::routeros::RouterOsClient {
+    let addr = sim.api(i);
+    let endpoint = tikfleet_agent::router::RouterEndpoint {
+        id: tikfleet_shared::RouterId::new(),
+        tenant: tikfleet_shared::TenantId::new(),
+        name: format!("by-hand-{i}"),
+        host: addr.ip().to_string(),
+        api_port: addr.port(),
+        ssh_port: 22,
+        tls: tikfleet_agent::router::TlsMode::Plain,
+        username: "admin".into(),
+        password: tikfleet_shared::Secret::new("admin"),
+    };
+    tikfleet_agent::routeros::RouterOsClient::connect(
+        endpoint,
+        tikfleet_agent::routeros::DriverConfig::default(),
+        Arc::new(tikfleet_agent::clock::SystemClock),
+        Arc::new(tikfleet_agent::routeros::NoopObserver),
+    )
+    .await
+    .expect("the router's administrator logs in")
+}
