@@ -178,14 +178,7 @@ impl DesiredStore {
     /// committed.
     pub fn set_applied(&self, state: &DesiredState) -> Result<(), StoreError> {
         let router = state.router_id;
-        let applied = self
-            .tree
-            .get(key(b'a', router))
-            .map_err(|e| self.store.map_sled(e))?
-            .as_deref()
-            .and_then(number)
-            .unwrap_or(0);
-        if state.generation < applied {
+        if state.generation < self.applied_generation(router)? {
             return Ok(());
         }
         let value = Self::encode(state, "applied state")?;
@@ -196,6 +189,17 @@ impl DesiredStore {
             .insert(key(b'a', router), &state.generation.to_be_bytes())
             .map_err(|e| self.store.map_sled(e))?;
         Ok(())
+    }
+
+    /// The generation the last finished pass applied to `router` (0: none).
+    pub fn applied_generation(&self, router: RouterId) -> Result<u64, StoreError> {
+        Ok(self
+            .tree
+            .get(key(b'a', router))
+            .map_err(|e| self.store.map_sled(e))?
+            .as_deref()
+            .and_then(number)
+            .unwrap_or(0))
     }
 
     /// Items a pass added without their marker and has not marked yet.

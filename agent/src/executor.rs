@@ -533,8 +533,8 @@ impl<S: JobStore + 'static> Shared<S> {
         self.finish(&record, result).await;
     }
 
-    /// Runs one attempt; the result's text is the job's detail.
-    async fn attempt(&self, record: &JobRecord) -> Result<String, DriverError> {
+    /// Runs one attempt; the result is the job's detail and its final progress.
+    async fn attempt(&self, record: &JobRecord) -> Result<(String, Progress), DriverError> {
         let job = &record.job;
         let (router, tenant, op) = (job.router_id, job.tenant_id, &job.op);
         let client = self.client(router).await?;
@@ -581,7 +581,16 @@ impl<S: JobStore + 'static> Shared<S> {
                 reconciler
                     .job(&client, router, job.id, op, &progress)
                     .await
-                    .map(|r| r.detail())
+                    .map(|r| {
+                        let steps = (r.steps as u64).max(1);
+                        (
+                            r.detail(),
+                            Progress {
+                                done: steps,
+                                total: steps,
+                            },
+                        )
+                    })
             }
             _ => {
                 // Beside other jobs, never in the middle of a reconcile pass; the pass that
@@ -591,11 +600,20 @@ impl<S: JobStore + 'static> Shared<S> {
                     Some(r) => Some(r.job_lock(router).await),
                     None => None,
                 };
+                if let Some(applied) =
+                    reconciler.and_then(|r| r.supersedes(router, job.generation, op))
+                {
+                    let detail = format!(
+                        "superseded: generation {applied} of the desired state, which includes \
+                         this change, is applied already"
+                    );
+                    return Ok((detail, Progress { done: 1, total: 1 }));
+                }
                 let res = ops::execute(&client, op).await;
                 if let Some(r) = reconciler {
                     r.note_job(router, op, job.generation);
                 }
-                res.map(|o| o.detail())
+                res.map(|o| (o.detail(), Progress { done: 1, total: 1 }))
             }
         };
         if let Err(e) = &res
@@ -646,13 +664,12 @@ impl<S: JobStore + 'static> Shared<S> {
         lock(&self.clients).remove(&router);
     }
 
-    async fn finish(&self, record: &JobRecord, result: Result<String, DriverError>) {
+    async fn finish(&self, record: &JobRecord, result: Result<(String, Progress), DriverError>) {
         let job = &record.job;
         let id = job.id;
         let now = self.clock.now();
         let e = match result {
-            Ok(detail) => {
-                let done = Progress { done: 1, total: 1 };
+            Ok((detail, done)) => {
                 log_queue(id, "progressed", self.queue.set_progress(id, done, now));
                 if !self
                     .update(

@@ -177,6 +177,9 @@ pub struct Reconciler {
     locks: Mutex<HashMap<RouterId, Arc<tokio::sync::RwLock<()>>>>,
     /// Items jobs changed, per router.
     jobs: Mutex<HashMap<RouterId, HashMap<ItemRef, Note>>>,
+    /// Per router, the items the last applied pass left as they were (conflicts, items left
+    /// to a newer job, drift only reported). Known only for passes since this start.
+    left_alone: Mutex<HashMap<RouterId, HashSet<ItemRef>>>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -274,6 +277,7 @@ impl Reconciler {
             config,
             locks: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
+            left_alone: Mutex::new(HashMap::new()),
         }
     }
 
@@ -281,6 +285,32 @@ impl Reconciler {
     /// alone, so a pass never reads a router halfway through a job.
     pub async fn job_lock(&self, router: RouterId) -> tokio::sync::OwnedRwLockReadGuard<()> {
         self.lock_for(router).read_owned().await
+    }
+
+    /// The applied generation that makes a job of `generation` with `op` redundant, if one
+    /// does: a pass already applied a state at least as new as the job's change, so running
+    /// the job could only put older values back (jobs and states can arrive in either
+    /// order). Operations that are not item changes (disconnecting a session, …) are never
+    /// redundant. Call it while holding [`job_lock`](Self::job_lock).
+    #[must_use]
+    pub fn supersedes(&self, router: RouterId, generation: Option<u64>, op: &JobOp) -> Option<u64> {
+        let generation = generation?;
+        let items = job_items(op);
+        if items.is_empty() {
+            return None;
+        }
+        let applied = self.desired.applied_generation(router).ok()?;
+        if applied < generation {
+            return None;
+        }
+        // Only if that pass really put these items in place (not a conflict it left alone);
+        // after a restart nobody knows, so the job runs.
+        let left_alone = self
+            .left_alone
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let left = left_alone.get(&router)?;
+        items.iter().all(|i| !left.contains(i)).then_some(applied)
     }
 
     /// Records that a job changed the items of `op` on `router` (call it while holding
@@ -291,6 +321,12 @@ impl Reconciler {
     pub fn note_job(&self, router: RouterId, op: &JobOp, generation: Option<u64>) {
         let items = job_items(op);
         if items.is_empty() {
+            return;
+        }
+        // A state at least as new as the job's was applied already: the job repeated what
+        // the router has (or what a newer state replaced); it says nothing a pass needs.
+        let applied = self.desired.applied_generation(router).unwrap_or(0);
+        if generation.is_some_and(|g| g <= applied) {
             return;
         }
         let note = Note {
@@ -519,6 +555,17 @@ impl Reconciler {
                 .map_err(|e| store_err(&e))?;
             report.applied = true;
             self.forget_notes(router, state.generation);
+            let mut left: HashSet<ItemRef> = skip.iter().cloned().collect();
+            left.extend(
+                findings
+                    .iter()
+                    .filter(|f| f.action != DriftAction::Corrected)
+                    .map(|f| f.item.clone()),
+            );
+            self.left_alone
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(router, left);
         }
         // The journal is done with once every step succeeded (every journaled item is marked
         // now); after a failure it stays, so the next pass still knows those items are ours.

@@ -310,6 +310,8 @@ fn redact(field: &Field, v: Option<String>) -> Option<String> {
 
 fn want_text(field: &Field) -> Option<String> {
     match &field.want {
+        // In the router's own words (`true`/`false`), as the router's value reads.
+        Want::Set(v) if field.kind == Kind::Bool => Some(ops::normalize(Kind::Bool, v)),
         Want::Set(v) => Some(v.clone()),
         Want::Secret(_) => Some(REDACTED.to_owned()),
         Want::Unset => None,

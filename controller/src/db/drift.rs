@@ -259,6 +259,14 @@ pub(crate) async fn ingest_report(
     let at = report.detected_at.as_millis();
     let actor = format!("agent:{agent_name}");
 
+    // The router's row first, as every writer of drift items does (accepting one changes a
+    // subscriber or plan, which bumps the router's generation, then the item): one lock order,
+    // so PostgreSQL never finds two of them waiting on each other.
+    let mut q =
+        Sql::new("UPDATE routers SET last_drift_check_at = last_drift_check_at WHERE id = ");
+    q.bind(router.clone());
+    q.execute(&mut *conn).await?;
+
     // One finding per item and field, keyed as stored (should an agent repeat one, the
     // last counts).
     let mut findings: BTreeMap<(ItemKind, String, String), &DriftFinding> = BTreeMap::new();

@@ -540,8 +540,15 @@ async fn an_agent_offline_during_1000_changes_converges_once_back() {
         assert_eq!(staff.get("subscriber.suspend"), Some(&50), "{staff:?}");
         one_add_per_secret(&audit);
         let commands = audit_matches_router(&ctl, &sim, &agent, &audit).await;
-        assert_eq!(commands.get("/ppp/secret/add"), Some(&700), "{commands:?}");
-        assert_eq!(commands.get("/ppp/secret/remove"), Some(&100), "{commands:?}");
+        // 700 secrets were created and 100 of them deleted while the agent was away. Jobs that
+        // a newer applied state already covers are skipped, so a secret created and deleted
+        // meanwhile may never reach the router at all: what is exact is the net result.
+        let count = |path: &str| commands.get(path).copied().unwrap_or(0);
+        let (adds, removes) = (count("/ppp/secret/add"), count("/ppp/secret/remove"));
+        assert!(
+            adds - removes == 600 && removes <= 100,
+            "{adds} adds, {removes} removes: {commands:?}"
+        );
     })
     .await;
 }
