@@ -5,8 +5,9 @@
 //!
 //! The tools:
 //!
-//! - *tikfleet*: the agent's reconciler, through [`run_tikfleet`] (skipped while it returns
-//!   [`NotWired`]).
+//! - *tikfleet*: the agent's reconciler, through [`run_tikfleet`]: a fresh data folder (store,
+//!   outbox with an audit record per command, desired-state store), a connection, the
+//!   desired state stored as the uplink stores it, then one pass.
 //! - *ansible*: Ansible's `community.routeros.api_modify` (`path: ppp secret`, `data:` the
 //!   secrets, `handle_absent_entries: ignore`) in a playbook run with `ansible-playbook`
 //!   against localhost (`connection: local`, `gather_facts: false`), by
@@ -17,9 +18,7 @@
 //!   for its reply, with librouteros.
 //! - *pipelined*, a reference and not a contender: `benches/py/pipelined_add.py`, the same
 //!   adds tagged, up to 512 outstanding on one librouteros connection. It shows what the
-//!   simulator allows in each condition: with `service_ms: 1` its per-command time is that of
-//!   its timer (`tokio::time::sleep`, millisecond granularity), which can be well over 1 ms,
-//!   so this run is the floor actually reachable, printed beside the nominal one.
+//!   simulator allows in each condition (with `service_ms: 1` it reaches the nominal floor).
 //!
 //! The conditions ([`support::CONDITIONS`], set through the simulator's control endpoint,
 //! `PUT /routers/0/faults`): (a) none; (b) `delay_ms: 5`, every reply 5 ms late (commands
@@ -57,16 +56,15 @@
 //! installs only when needed, unless `TIKFLEET_BENCH_PYTHON` names a Python to use. If that
 //! fails, Ansible and the loop are skipped with what to run.
 //!
-//! # Seen so far (2-vCPU VM, 10,000 secrets, tikfleet not wired yet)
+//! # Measured (2-vCPU VM, quiet, 10,000 secrets, 2026-11-24)
 //!
-//! Ansible 12.3.0 (community.routeros 3.14.0) 9.1 s / 71.8 s / 30.5 s in (a) / (b) / (c),
-//! the loop 0.66 s / 64.0 s / 22.9 s, the pipelined reference 0.44 s / 0.27 s / 21.4 s; every
-//! Ansible and loop run had `max_in_flight` 1 on one connection. Ansible's time grows
-//! linearly (2.1 s, 2.4 s, 4.4 s, 9.1 s for 1,000 to 10,000 in (a)); about 8 s of it at
-//! 10,000 is spent outside the router's span (templating, the module's packaging and result).
-//! The simulator's `service_ms: 1` costs about 2.1–2.3 ms per command (its timer's
-//! granularity), so in (c) the reachable floor is ~21 s, not the nominal 10 s; likewise
-//! `delay_ms: 5` costs a sequential client ~6.4 ms per command.
+//! The scale run: converge from empty 0.256 s, 1,000 mixed changes 0.093 s, a drift check that
+//! finds nothing 0.073 s. The comparison, tikfleet / Ansible 12.3.0 (community.routeros
+//! 3.14.0) / the loop: (a) 0.206 s / 8.05 s / 1.14 s; (b) 0.582 s / 70.6 s / 64.8 s, so the
+//! loop takes 111x and Ansible 121x as long (targets 20x and 10x); (c) 10.04 s / 29.5 s /
+//! 23.0 s, tikfleet at 1.00x the 10 s floor (target 1.2x). Every Ansible and loop run had
+//! `max_in_flight` 1; tikfleet keeps up to its window (128) in flight. See
+//! docs/benchmarks.md.
 //!
 //! Run: `cargo bench -p tikfleet-agent --bench reconcile`. Knobs: `TIKFLEET_BENCH_SECRETS`
 //! (default 10000), `TIKFLEET_BENCH_ONLY` (comma list of `tikfleet,ansible,loop,pipelined`),

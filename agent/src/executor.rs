@@ -41,6 +41,18 @@
 //! command is sent): the job stays `running` and runs again after a restart.
 //! `agent/tests/crash.rs` kills the agent binary mid-run and checks these guarantees.
 //!
+//! # Beside the reconciler
+//!
+//! Jobs of one router run beside each other but never during a reconcile pass of that
+//! router (the reconciler's per-router read/write lock). A job that comes from a staff
+//! change carries the desired generation that change made: if a pass already applied that
+//! generation or a newer one (and did not leave the job's items alone, as it does with a
+//! conflict), the job is skipped and reported `succeeded` with a "superseded" detail — jobs
+//! and states can arrive in either order, and running an older job after a newer state could
+//! only put older values back for a moment. Otherwise the reconciler is told which items the
+//! job changed, so a pass over an older state leaves them alone. `drift_check` and
+//! `enforce` jobs are passes themselves ([`Reconciler::job`]).
+//!
 //! # Rate limits
 //!
 //! RouterOS commands are counted by budget: before a job runs it takes
