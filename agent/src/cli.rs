@@ -956,6 +956,26 @@ async fn status(local: &Local, out: &mut dyn Write) -> Result<(), CliError> {
     let mut text = vec![controller_line(local)?];
     text.push(format!("routers: {}", routers.len()));
     text.extend(lines);
+    // What the controller asked for and what the reconciler has applied, per router.
+    let desired = crate::desired::DesiredStore::open(&local.store)?;
+    let names: std::collections::HashMap<_, _> =
+        routers.iter().map(|r| (r.id, r.name.as_str())).collect();
+    for g in desired.generations()? {
+        let name = names
+            .get(&g.router_id)
+            .copied()
+            .unwrap_or("(removed router)");
+        text.push(format!(
+            "  {name:<16} desired state: generation {} stored, {} applied{}",
+            g.stored,
+            g.applied,
+            if g.applied >= g.stored {
+                " (in sync)"
+            } else {
+                " (a pass is due)"
+            }
+        ));
+    }
     text.push(format!(
         "queue: {} queued, {} running, {} retrying, {} failed, {} succeeded",
         counts.queued, counts.running, counts.retrying, counts.failed, counts.succeeded

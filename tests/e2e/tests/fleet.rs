@@ -352,6 +352,16 @@ async fn each_api_change_reaches_the_router() {
         for secret in ["alice-pw-1", "alice-pw-2", "bob-pw-1"] {
             assert!(!text.contains(secret), "no password in the audit log");
         }
+        // The technician sees the same on site (`status` probes the router: after the audit
+        // comparison).
+        let status = agent.command(&["status"]).await.expect("status");
+        let generation = &sync["applied_generation"];
+        assert!(
+            status.contains(&format!(
+                "core-1           desired state: generation {generation} stored, {generation} applied (in sync)"
+            )),
+            "{status}"
+        );
     })
     .await;
 }
