@@ -815,14 +815,17 @@ impl Reconciler {
                 let s = sched.entry(g.router_id).or_insert_with(|| Sched::new(now));
                 if s.generation != g.stored {
                     s.generation = g.stored;
-                    s.interval_ms = self
+                    let interval = self
                         .desired
                         .get(g.router_id)
                         .ok()
                         .flatten()
                         .map_or(0, |d| d.drift.interval_ms);
-                    if s.next_check.is_none() && s.interval_ms > 0 {
-                        s.next_check = Some(now.saturating_add(ms(s.interval_ms)));
+                    // A new interval counts from now (a shorter one need not wait out the
+                    // longer one it replaces).
+                    if interval != s.interval_ms || s.next_check.is_none() {
+                        s.interval_ms = interval;
+                        s.next_check = (interval > 0).then(|| now.saturating_add(ms(interval)));
                     }
                 }
                 if running.contains(&g.router_id) {
