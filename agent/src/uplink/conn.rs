@@ -155,6 +155,10 @@ fn classify(item: Option<Result<WsMessage, WsError>>) -> Read {
 /// Control messages kept at most (older pongs are dropped).
 const MAX_CONTROL: usize = 8;
 
+/// The longest a stopping agent waits for the acks of records it sent (real time: a stop
+/// must not wait on an injected clock).
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One live connection.
 struct Link<'a> {
     up: &'a Uplink,
@@ -565,6 +569,7 @@ impl Link<'_> {
             match event {
                 Event::Nothing | Event::Pushed => {}
                 Event::Shutdown => {
+                    self.drain_acks(&mut s).await;
                     self.close(CloseCode::GoingAway, "the agent is stopping")
                         .await;
                     return ConnEnd::Shutdown;
@@ -634,6 +639,43 @@ impl Link<'_> {
         }
     }
 
+    /// The envelope's cumulative ack of the outbox: trims what the controller committed.
+    fn take_ack(&self, s: &mut Session, envelope: &Envelope) -> Result<(), ProtocolError> {
+        s.stream.on_ack(envelope.ack)?;
+        let outbox = &self.up.parts.outbox;
+        if envelope.ack > outbox.stats().acked
+            && let Err(e) = outbox.ack(envelope.ack)
+        {
+            tracing::error!(error = %e, "cannot trim the outbox");
+        }
+        Ok(())
+    }
+
+    /// Before closing for a stop: records the controller received but had not acknowledged
+    /// yet are usually acknowledged within a round trip, so wait up to [`DRAIN`] for those
+    /// acks and a clean stop leaves nothing to send again. Only acks are taken: anything else
+    /// the controller sends meanwhile is not stored, so not acknowledged, and comes again on
+    /// the next connection.
+    async fn drain_acks(&mut self, s: &mut Session) {
+        let drain = async {
+            while s.stream.unacked().len() > 0 {
+                match classify(self.stream.next().await) {
+                    Read::Envelope(envelope) => {
+                        if envelope.version != s.version
+                            || matches!(envelope.msg, Message::Close(_) | Message::Revoked(_))
+                            || self.take_ack(s, &envelope).is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Read::Skip => {}
+                    Read::Close(..) | Read::Gone(_) => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN, drain).await;
+    }
+
     fn on_envelope(&mut self, s: &mut Session, envelope: Envelope) -> Result<(), Ended> {
         match &envelope.msg {
             Message::Close(c) => {
@@ -652,13 +694,7 @@ impl Link<'_> {
                 got: envelope.version,
             }));
         }
-        s.stream.on_ack(envelope.ack).map_err(protocol)?;
-        let outbox = &self.up.parts.outbox;
-        if envelope.ack > outbox.stats().acked
-            && let Err(e) = outbox.ack(envelope.ack)
-        {
-            tracing::error!(error = %e, "cannot trim the outbox");
-        }
+        self.take_ack(s, &envelope).map_err(protocol)?;
         match envelope.msg {
             msg @ (Message::RouterConfig(_)
             | Message::DesiredState(_)
