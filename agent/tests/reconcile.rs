@@ -827,3 +827,126 @@ async fn the_run_loop_applies_new_states_retries_and_checks_on_schedule() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn subscribers_go_to_grace_then_suspension_on_time_by_the_agent_alone() {
+    use tikfleet_shared::domain::{AccountKind, AccountRef, SubscriberLifecycle};
+    use tikfleet_shared::{SubscriberId, UnixMillis};
+
+    within(async {
+        let sim = sim("7.16.2").await;
+        let (client, _) = client(&sim).await;
+        let agent = Agent::new();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let run =
+            tokio::spawn(Arc::clone(&agent.rec).run(Arc::new(Fixed(client.clone())), stopped));
+        let hour = 3_600_000;
+        let lifecycle = |i: usize, suspended_profile: Option<&str>| SubscriberLifecycle {
+            subscriber_id: SubscriberId::new(),
+            account: AccountRef {
+                kind: AccountKind::Ppp,
+                name: format!("sub{i:05}"),
+            },
+            expires_at: Some(UnixMillis(T0.0 + hour)),
+            grace_until: Some(UnixMillis(T0.0 + 2 * hour)),
+            grace_profile: Some("plan-b".into()),
+            suspended_profile: suspended_profile.map(Into::into),
+            suspended_address_list: None,
+        };
+        // sub00000 is disabled at the end of grace, sub00001 moved to a "please renew"
+        // profile; sub00002 never expires.
+        let mut one = state(
+            agent.router,
+            1,
+            (0..3).map(|i| secret(i, "plan-a")).collect(),
+        );
+        one.profiles.push(ppp_profile("renew", "64k/64k"));
+        one.lifecycles = vec![lifecycle(0, None), lifecycle(1, Some("renew"))];
+        agent.want(&one).await;
+        let field = |name: &str, key: &str| {
+            row(&sim, "/ppp/secret", "name", name)
+                .and_then(|r| r.get(key).cloned())
+                .unwrap_or_default()
+        };
+        until("generation 1 applied", || {
+            field("sub00002", "profile") == "plan-a"
+                && agent.desired.generations().unwrap()[0].applied == 1
+        })
+        .await;
+        for i in 0..3 {
+            lock(&sim.router(0).device)
+                .start_client(
+                    Service::Pppoe,
+                    &format!("sub{i:05}"),
+                    &format!("pw-{i}"),
+                    None,
+                    Instant::now(),
+                )
+                .expect("dials");
+        }
+        let online = |sim: &tikfleet_sim::Running| -> BTreeSet<String> {
+            menu(sim, "/ppp/active")
+                .into_iter()
+                .map(|r| r["name"].clone())
+                .collect()
+        };
+        assert_eq!(online(&sim).len(), 3);
+
+        // Expiry: both move to the grace profile at once, and their sessions drop so the
+        // slower plan applies when they dial again. Nobody told the agent: the controller
+        // is not even there.
+        agent
+            .clock
+            .advance(std::time::Duration::from_millis(hour as u64));
+        until("grace", || {
+            field("sub00000", "profile") == "plan-b" && field("sub00001", "profile") == "plan-b"
+        })
+        .await;
+        until("the sessions to drop", || {
+            online(&sim) == BTreeSet::from(["sub00002".to_owned()])
+        })
+        .await;
+        assert_eq!(field("sub00002", "profile"), "plan-a");
+
+        // End of grace: one disabled, one on the renew profile.
+        agent
+            .clock
+            .advance(std::time::Duration::from_millis(hour as u64));
+        until("suspension", || {
+            field("sub00000", "disabled") == "true" && field("sub00001", "profile") == "renew"
+        })
+        .await;
+        assert_eq!(field("sub00000", "profile"), "plan-a");
+        assert_eq!(field("sub00001", "disabled"), "false");
+        // A phase change is applied, never reported as drift.
+        let drift: usize = agent
+            .records()
+            .await
+            .iter()
+            .map(|r| match r {
+                OutboxRecord::Drift(d) => d.findings.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(drift, 0);
+
+        // A renewal (a new state with a later expiry) puts the plan back at once.
+        let mut two = one.clone();
+        two.generation = 2;
+        for l in &mut two.lifecycles {
+            l.expires_at = Some(UnixMillis(T0.0 + 30 * 24 * hour));
+            l.grace_until = Some(UnixMillis(T0.0 + 31 * 24 * hour));
+        }
+        agent.want(&two).await;
+        until("the renewal", || {
+            field("sub00000", "disabled") == "false"
+                && field("sub00000", "profile") == "plan-a"
+                && field("sub00001", "profile") == "plan-a"
+        })
+        .await;
+
+        stop.send(true).unwrap();
+        run.await.unwrap();
+    })
+    .await;
+}

@@ -38,6 +38,7 @@
 //! [`ApplyReport`]: tikfleet_shared::record::ApplyReport
 //! [`ReconcileProgress`]: tikfleet_shared::record::ReconcileProgress
 
+pub mod lifecycle;
 pub mod plan;
 
 use std::collections::{HashMap, HashSet};
@@ -445,10 +446,14 @@ impl Reconciler {
         let lock = self.lock_for(router);
         let _guard = lock.write().await;
         let stored_epoch = self.desired.stored_epoch(router);
-        let Some(state) = self.desired.get(router).map_err(|e| store_err(&e))? else {
+        let Some(stored) = self.desired.get(router).map_err(|e| store_err(&e))? else {
             progress(Progress { done: 1, total: 1 });
             return Ok(PassReport::default());
         };
+        // What the router should have now: subscribers past their expiry or grace moved on
+        // (the pass applies and records this one, so a phase change is no drift).
+        let state = lifecycle::effective(&stored, self.clock.now());
+        drop(stored);
         let prev = self
             .desired
             .applied_state(router)
@@ -815,12 +820,11 @@ impl Reconciler {
                 let s = sched.entry(g.router_id).or_insert_with(|| Sched::new(now));
                 if s.generation != g.stored {
                     s.generation = g.stored;
-                    let interval = self
-                        .desired
-                        .get(g.router_id)
-                        .ok()
-                        .flatten()
-                        .map_or(0, |d| d.drift.interval_ms);
+                    let state = self.desired.get(g.router_id).ok().flatten();
+                    s.transition = state
+                        .as_ref()
+                        .and_then(|d| lifecycle::next_transition(d, now));
+                    let interval = state.map_or(0, |d| d.drift.interval_ms);
                     // A new interval counts from now (a shorter one need not wait out the
                     // longer one it replaces).
                     if interval != s.interval_ms || s.next_check.is_none() {
@@ -831,7 +835,8 @@ impl Reconciler {
                 if running.contains(&g.router_id) {
                     continue;
                 }
-                let behind = g.stored > g.applied;
+                // A subscriber's expiry or end of grace came: apply it like a new state.
+                let behind = g.stored > g.applied || s.transition.is_some_and(|t| t <= now);
                 let check_due = s.interval_ms > 0 && s.next_check.is_some_and(|t| t <= now);
                 let retry_ok = s.retry_at.is_none_or(|t| t <= now);
                 if (behind || check_due) && retry_ok {
@@ -841,6 +846,7 @@ impl Reconciler {
                         DriftTrigger::Schedule
                     };
                     running.insert(g.router_id);
+                    s.pass_started = now;
                     let rec = Arc::clone(&self);
                     let connect = Arc::clone(&connect);
                     let router = g.router_id;
@@ -869,10 +875,14 @@ impl Reconciler {
                 }
                 let next = match (behind, s.retry_at) {
                     (true, Some(t)) => Some(t),
-                    _ => [s.next_check.filter(|_| s.interval_ms > 0), s.retry_at]
-                        .into_iter()
-                        .flatten()
-                        .min(),
+                    _ => [
+                        s.next_check.filter(|_| s.interval_ms > 0),
+                        s.retry_at,
+                        s.transition,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min(),
                 };
                 if let Some(t) = next {
                     wake = Some(wake.map_or(t, |w| w.min(t)));
@@ -901,6 +911,13 @@ impl Reconciler {
                             true
                         }
                     };
+                    // The transitions a pass applied are done with (the next one counts
+                    // from its start); after a failure the due one stays due, for the retry.
+                    if !failed
+                        && let Some(state) = self.desired.get(router).ok().flatten()
+                    {
+                        s.transition = lifecycle::next_transition(&state, s.pass_started);
+                    }
                     if failed {
                         s.failures += 1;
                         let delay = backoff(&self.config, s.failures);
@@ -943,6 +960,10 @@ struct Note {
 /// Per-router schedule of the run loop.
 struct Sched {
     generation: u64,
+    /// The next lifecycle transition of the stored state.
+    transition: Option<UnixMillis>,
+    /// When the running (or last) pass started.
+    pass_started: UnixMillis,
     interval_ms: u64,
     next_check: Option<UnixMillis>,
     retry_at: Option<UnixMillis>,
@@ -953,6 +974,8 @@ impl Sched {
     fn new(_now: UnixMillis) -> Self {
         Self {
             generation: 0,
+            transition: None,
+            pass_started: UnixMillis::EPOCH,
             interval_ms: 0,
             next_check: None,
             retry_at: None,
