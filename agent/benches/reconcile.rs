@@ -72,6 +72,7 @@
 //! `TIKFLEET_BENCH_RUN_LIMIT_S` (longest run, default 1800), `TIKFLEET_BENCH_PYTHON`,
 //! `TIKFLEET_SIM_BIN`.
 
+mod sim;
 mod support;
 
 use std::net::SocketAddr;
@@ -82,7 +83,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use support::{Condition, RouterStats, SecretSpec, Sim, SimProgram};
+use sim::{RouterStats, Sim, SimProgram};
+use support::{Condition, SecretSpec};
 use tikfleet_agent::audit::AuditLog;
 use tikfleet_agent::clock::{SharedClock, SystemClock};
 use tikfleet_agent::desired::DesiredStore;
@@ -135,8 +137,8 @@ impl Tikfleet {
             api_port: api.port(),
             ssh_port: 22,
             tls: TlsMode::Plain,
-            username: support::USER.into(),
-            password: Secret::new(support::PASSWORD),
+            username: sim::USER.into(),
+            password: Secret::new(sim::PASSWORD),
         };
         let client = RouterOsClient::connect(
             endpoint,
@@ -225,7 +227,7 @@ async fn run_tikfleet(api: SocketAddr, secrets: &[SecretSpec]) -> anyhow::Result
 /// router, each time printed.
 async fn scale(program: &SimProgram, n: usize) -> anyhow::Result<()> {
     println!("\ntikfleet at scale, {n} subscribers on one router, no added latency:");
-    let sim = Sim::start(program, &support::CONDITIONS[0]).await?;
+    let sim = Sim::start(program, None, support::CONDITIONS[0].faults()).await?;
     let t = Tikfleet::connect(sim.api).await?;
     let specs = support::secrets(n);
     let mut secrets: Vec<PppSecret> = specs.iter().map(ppp_secret).collect();
@@ -234,7 +236,7 @@ async fn scale(program: &SimProgram, n: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let r = t.pass(DriftTrigger::Reconcile).await?;
     let converge = started.elapsed();
-    sim.verify_state(&one).await?;
+    support::verify_state(&sim, &one).await?;
     println!(
         "  converge from empty   {:>8.3} s  {} (target < 2 s)",
         converge.as_secs_f64(),
@@ -258,7 +260,7 @@ async fn scale(program: &SimProgram, n: usize) -> anyhow::Result<()> {
     let r = t.pass(DriftTrigger::Reconcile).await?;
     let changes = started.elapsed();
     anyhow::ensure!(r.steps == 1_000, "{}", r.detail());
-    sim.verify_state(&two).await?;
+    support::verify_state(&sim, &two).await?;
     println!(
         "  1,000 mixed changes   {:>8.3} s  {}",
         changes.as_secs_f64(),
@@ -269,7 +271,7 @@ async fn scale(program: &SimProgram, n: usize) -> anyhow::Result<()> {
     let r = t.pass(DriftTrigger::Request).await?;
     let check = started.elapsed();
     anyhow::ensure!(r.steps == 0 && r.findings == 0, "{}", r.detail());
-    sim.verify_state(&two).await?;
+    support::verify_state(&sim, &two).await?;
     println!(
         "  drift check, no drift {:>8.3} s  {} (target < 1 s)",
         check.as_secs_f64(),
@@ -380,7 +382,7 @@ async fn run(tool: Tool, condition: &Condition, cx: &Context) -> Run {
         (Ok(p), true) => Some(p.as_path()),
         (_, false) => None,
     };
-    let sim = match Sim::start(&cx.program, condition).await {
+    let sim = match Sim::start(&cx.program, None, condition.faults()).await {
         Ok(sim) => sim,
         Err(e) => {
             return Run {
@@ -393,7 +395,7 @@ async fn run(tool: Tool, condition: &Condition, cx: &Context) -> Run {
     let result = apply(tool, &sim, python, &cx.secrets, &cx.secrets_file, cx.limit).await;
     let stats = sim.stats().await;
     let checked = match &result {
-        Ok(_) => sim.verify(&cx.secrets).await,
+        Ok(_) => support::verify(&sim, &cx.secrets).await,
         Err(_) => Ok(()),
     };
     if let Err(e) = sim.stop().await {
@@ -666,8 +668,8 @@ fn summary(n: usize, results: &[(Condition, Vec<Run>)]) {
 // ---------------------------------------------------------------------------------------
 
 fn main() -> anyhow::Result<()> {
-    if std::env::var_os(support::SIM_ROLE).is_some() {
-        return support::sim_role();
+    if sim::is_sim_role() {
+        return sim::sim_role();
     }
     bench()
 }

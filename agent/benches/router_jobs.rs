@@ -48,6 +48,7 @@
 //! agent's timed windows).
 
 mod common;
+mod sim;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -56,6 +57,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use sim::{PASSWORD, Sim, SimProgram, USER, pinned};
 use tikfleet_agent::clock::{SharedClock, SystemClock};
 use tikfleet_agent::executor::{Executor, ExecutorConfig, RetryPolicy, Routers};
 use tikfleet_agent::outbox::{Outbox, OutboxConfig};
@@ -65,8 +67,6 @@ use tikfleet_agent::router::{RouterEndpoint, TlsMode};
 use tikfleet_agent::routeros::DriverConfig;
 use tikfleet_agent::store::{Store, StoreConfig};
 use tikfleet_shared::{RouterId, Secret, TenantId};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// Jobs per run (`TIKFLEET_BENCH_JOBS` overrides).
 const JOBS: usize = 2_000;
@@ -80,11 +80,8 @@ const PER_ROUTER: usize = 256;
 const POOL_SIZE: usize = 4;
 /// Commands per second (and burst) for the router and the tenant: high enough not to bind.
 const RATE: u32 = 100_000;
-const PASSWORD: &str = "bench-pw";
 /// Upper bound of one run; a stuck run is an error, not a hang.
 const RUN_LIMIT: Duration = Duration::from_secs(600);
-/// The environment variable that makes this executable a simulator (see [`sim_role`]).
-const SIM_ROLE: &str = "TIKFLEET_BENCH_SIM_ROLE";
 
 /// A number from the environment, or `default`.
 fn env_or(name: &str, default: usize) -> anyhow::Result<usize> {
@@ -157,109 +154,6 @@ fn per_k(ns: u64, jobs: usize) -> f64 {
 // ---------------------------------------------------------------------------------------
 // The simulator, in its own process
 
-/// The simulator role: `tikfleet_sim::start` with one router (API and control endpoint on
-/// loopback, free ports), the listener lines on stdout, then run until stdin closes (the
-/// bench's end of the pipe), so a simulator never outlives the bench.
-fn sim_role() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut config = tikfleet_sim::Config::local();
-        config.api_ssl = None;
-        config.ssh = None;
-        config.password = PASSWORD.to_owned();
-        let sim = tikfleet_sim::start(config).await?;
-        let mut out = tokio::io::stdout();
-        for line in sim.lines() {
-            out.write_all(format!("{line}\n").as_bytes()).await?;
-        }
-        out.flush().await?;
-        let mut sink = Vec::new();
-        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
-        sim.shutdown().await;
-        anyhow::Ok(())
-    })
-}
-
-/// How to start a simulator process.
-#[derive(Clone, Debug)]
-enum SimProgram {
-    /// This executable, in the simulator role.
-    SelfRole(PathBuf),
-    /// A `tikfleet-sim` binary.
-    Binary(PathBuf),
-}
-
-impl SimProgram {
-    fn from_env() -> anyhow::Result<Self> {
-        match std::env::var_os("TIKFLEET_SIM_BIN") {
-            Some(bin) => {
-                let bin = PathBuf::from(bin);
-                anyhow::ensure!(
-                    bin.exists(),
-                    "TIKFLEET_SIM_BIN: {} is missing",
-                    bin.display()
-                );
-                Ok(Self::Binary(bin))
-            }
-            None => Ok(Self::SelfRole(std::env::current_exe()?)),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Self::SelfRole(_) => "this bench's executable in the simulator role".to_owned(),
-            Self::Binary(b) => b.display().to_string(),
-        }
-    }
-
-    /// The command, pinned to `cpu` if given.
-    fn command(&self, cpu: Option<usize>) -> Command {
-        let (program, args): (&Path, Vec<String>) = match self {
-            Self::SelfRole(exe) => (exe, Vec::new()),
-            Self::Binary(bin) => (
-                bin,
-                [
-                    "--api",
-                    "127.0.0.1:0",
-                    "--control",
-                    "127.0.0.1:0",
-                    "--user",
-                    "admin",
-                    "--password",
-                    PASSWORD,
-                ]
-                .map(str::to_owned)
-                .to_vec(),
-            ),
-        };
-        let mut cmd = pinned(program, cpu);
-        cmd.args(args).env(SIM_ROLE, "1");
-        cmd
-    }
-}
-
-/// `program`, under `taskset -c CPU` when `cpu` is given.
-fn pinned(program: &Path, cpu: Option<usize>) -> Command {
-    match cpu {
-        Some(cpu) => {
-            let mut cmd = Command::new("taskset");
-            cmd.arg("-c").arg(cpu.to_string()).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    }
-}
-
-/// A running simulator process with one router.
-struct Sim {
-    child: Child,
-    pid: String,
-    api: std::net::SocketAddr,
-    control: std::net::SocketAddr,
-}
-
 /// What the router saw.
 struct RouterFigures {
     /// Commands by word (`/ppp/…` only).
@@ -268,111 +162,22 @@ struct RouterFigures {
     max_in_flight: u64,
 }
 
-impl Sim {
-    async fn start(
-        program: &SimProgram,
-        cpu: Option<usize>,
-        delay_ms: u64,
-    ) -> anyhow::Result<Self> {
-        let mut child = program
-            .command(cpu)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start the simulator ({})", program.describe()))?;
-        let pid = child.id().context("the simulator's pid")?.to_string();
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let (mut api, mut control) = (None, None);
-        while control.is_none() {
-            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-                .await
-                .context("the simulator did not start")??
-                .context("the simulator exited before listening")?;
-            match line.split_once(' ') {
-                Some(("api", a)) => api = Some(a.parse()?),
-                Some(("control", a)) => control = Some(a.parse()?),
-                _ => {}
-            }
-        }
-        let sim = Self {
-            child,
-            pid,
-            api: api.context("no api line")?,
-            control: control.context("no control line")?,
-        };
-        let (status, body) = sim
-            .http(
-                "PUT",
-                "/routers/0/faults",
-                &format!("{{\"delay_ms\":{delay_ms}}}"),
-            )
-            .await?;
-        anyhow::ensure!(status == 200, "setting the delay: {status} {body}");
-        Ok(sim)
-    }
-
-    fn cpu_ns(&self) -> anyhow::Result<u64> {
-        cpu_ns(&self.pid)
-    }
-
-    /// One HTTP/1.1 request to the control endpoint: (status, body).
-    async fn http(&self, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-        let mut stream = tokio::net::TcpStream::connect(self.control).await?;
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.control,
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        let text = String::from_utf8(response)?;
-        let (head, body) = text.split_once("\r\n\r\n").context("an HTTP response")?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("an HTTP status")?;
-        Ok((status, body.to_owned()))
-    }
-
-    async fn figures(&self) -> anyhow::Result<RouterFigures> {
-        let (status, body) = self.http("GET", "/routers/0/stats", "").await?;
-        anyhow::ensure!(status == 200, "reading stats: {status} {body}");
-        let v: serde_json::Value = serde_json::from_str(&body)?;
-        let commands = v["by_path"]
-            .as_object()
-            .context("by_path")?
-            .iter()
+async fn figures(sim: &Sim) -> anyhow::Result<RouterFigures> {
+    let stats = sim.stats().await?;
+    Ok(RouterFigures {
+        commands: stats
+            .by_path
+            .into_iter()
             .filter(|(w, _)| w.starts_with("/ppp/"))
-            .map(|(w, n)| (w.clone(), n.as_u64().unwrap_or(0)))
-            .collect();
-        Ok(RouterFigures {
-            commands,
-            connections: v["connections"].as_u64().unwrap_or(0),
-            max_in_flight: v["max_in_flight"].as_u64().unwrap_or(0),
-        })
-    }
+            .collect(),
+        connections: stats.connections,
+        max_in_flight: stats.max_in_flight,
+    })
+}
 
-    /// Ends the simulator: the bench's role exits when its stdin closes, `tikfleet-sim` on
-    /// SIGTERM.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        drop(self.child.stdin.take());
-        if let Ok(pid) = self.pid.parse() {
-            use nix::sys::signal::{Signal, kill};
-            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
-            Ok(status) => {
-                status?;
-            }
-            Err(_) => self.child.kill().await?,
-        }
-        Ok(())
-    }
+/// The simulator process's CPU time so far.
+fn sim_cpu_ns(sim: &Sim) -> anyhow::Result<u64> {
+    cpu_ns(&sim.pid.to_string())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -431,7 +236,7 @@ impl Outcome {
 /// The agent's executor runs `jobs` jobs against a fresh router.
 async fn agent(program: &SimProgram, delay_ms: u64, settings: Settings) -> anyhow::Result<Outcome> {
     let jobs = settings.jobs;
-    let sim = Sim::start(program, None, delay_ms).await?;
+    let sim = Sim::start(program, None, serde_json::json!({ "delay_ms": delay_ms })).await?;
     let tenant = TenantId::new();
     let endpoint = RouterEndpoint {
         id: RouterId::new(),
@@ -441,7 +246,7 @@ async fn agent(program: &SimProgram, delay_ms: u64, settings: Settings) -> anyho
         api_port: sim.api.port(),
         ssh_port: 22,
         tls: TlsMode::Plain,
-        username: "admin".into(),
+        username: USER.into(),
         password: Secret::new(PASSWORD),
     };
     let dir = tempfile::tempdir()?;
@@ -477,7 +282,7 @@ async fn agent(program: &SimProgram, delay_ms: u64, settings: Settings) -> anyho
         config(settings),
     );
     let flushes_before = store.flush_count();
-    let (cpu_before, sim_before) = (own_cpu_ns()?, sim.cpu_ns()?);
+    let (cpu_before, sim_before) = (own_cpu_ns()?, sim_cpu_ns(&sim)?);
     perf_control("enable")?;
     let started = std::time::Instant::now();
     tokio::time::timeout(RUN_LIMIT, executor.run_until_idle(std::future::pending()))
@@ -485,14 +290,14 @@ async fn agent(program: &SimProgram, delay_ms: u64, settings: Settings) -> anyho
         .context("the agent's run took too long")?;
     let elapsed = started.elapsed();
     perf_control("disable")?;
-    let (cpu, sim_cpu) = (own_cpu_ns()? - cpu_before, sim.cpu_ns()? - sim_before);
+    let (cpu, sim_cpu) = (own_cpu_ns()? - cpu_before, sim_cpu_ns(&sim)? - sim_before);
     let flushes = store.flush_count() - flushes_before;
     let counts = queue.counts();
     anyhow::ensure!(
         counts.succeeded == jobs as u64,
         "not every job succeeded: {counts:?}"
     );
-    let router = sim.figures().await?;
+    let router = figures(&sim).await?;
     sim.stop().await?;
     let outcome = Outcome {
         jobs,
@@ -542,16 +347,16 @@ async fn librouteros(
     jobs: usize,
     cpu: Option<usize>,
 ) -> anyhow::Result<Outcome> {
-    let sim = Sim::start(program, cpu, delay_ms).await?;
+    let sim = Sim::start(program, cpu, serde_json::json!({ "delay_ms": delay_ms })).await?;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/py/sequential_upsert.py");
-    let sim_before = sim.cpu_ns()?;
+    let sim_before = sim_cpu_ns(&sim)?;
     let output = tokio::time::timeout(
         RUN_LIMIT,
         pinned(python, cpu)
             .arg(&script)
             .args(["--host", &sim.api.ip().to_string()])
             .args(["--port", &sim.api.port().to_string()])
-            .args(["--user", "admin", "--password", PASSWORD])
+            .args(["--user", USER, "--password", PASSWORD])
             .args(["--count", &jobs.to_string(), "--prefix", "sub-"])
             .kill_on_drop(true)
             .output(),
@@ -559,7 +364,7 @@ async fn librouteros(
     .await
     .context("the librouteros loop took too long")?
     .with_context(|| format!("cannot run {}", python.display()))?;
-    let sim_cpu = sim.cpu_ns()? - sim_before;
+    let sim_cpu = sim_cpu_ns(&sim)? - sim_before;
     anyhow::ensure!(
         output.status.success(),
         "the librouteros loop failed ({}): {}\n(if librouteros is missing, run scripts/test once: it prepares .venv)",
@@ -579,7 +384,7 @@ async fn librouteros(
         .as_array()
         .map(|b| b.iter().filter_map(serde_json::Value::as_f64).collect())
         .unwrap_or_default();
-    let router = sim.figures().await?;
+    let router = figures(&sim).await?;
     sim.stop().await?;
     let outcome = Outcome {
         jobs,
@@ -750,8 +555,8 @@ async fn case(
 }
 
 fn main() -> anyhow::Result<()> {
-    if std::env::var_os(SIM_ROLE).is_some() {
-        return sim_role();
+    if sim::is_sim_role() {
+        return sim::sim_role();
     }
     bench()
 }

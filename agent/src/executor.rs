@@ -249,18 +249,6 @@ pub const fn command_budget(op: &JobOp) -> u32 {
     }
 }
 
-/// Whether an error means the client's connection should be dropped and made again.
-const fn drops_client(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::ConnectionRefused
-            | ErrorCode::Timeout
-            | ErrorCode::ConnectionReset
-            | ErrorCode::RouterFatal
-            | ErrorCode::AuthenticationFailed
-    )
-}
-
 /// What wakes the run loop.
 #[derive(Debug)]
 enum Event {
@@ -629,7 +617,7 @@ impl<S: JobStore + 'static> Shared<S> {
             }
         };
         if let Err(e) = &res
-            && drops_client(e.code())
+            && e.drops_client()
         {
             self.forget_client(router);
         }

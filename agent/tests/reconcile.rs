@@ -610,24 +610,8 @@ async fn sessions_of_changed_and_removed_accounts_are_disconnected() {
         );
         agent.want(&one).await;
         agent.pass(&client, DriftTrigger::Reconcile).await;
-        for i in 0..3 {
-            lock(&sim.router(0).device)
-                .start_client(
-                    Service::Pppoe,
-                    &format!("sub{i:05}"),
-                    &format!("pw-{i}"),
-                    None,
-                    Instant::now(),
-                )
-                .expect("dials");
-        }
-        let names = |sim: &tikfleet_sim::Running| -> BTreeSet<String> {
-            menu(sim, "/ppp/active")
-                .into_iter()
-                .map(|r| r["name"].clone())
-                .collect()
-        };
-        assert_eq!(names(&sim).len(), 3);
+        dial_in(&sim, 0..3);
+        assert_eq!(online(&sim).len(), 3);
         let mut two = one.clone();
         two.generation = 2;
         two.ppp_secrets[0].profile = "plan-b".into();
@@ -635,7 +619,7 @@ async fn sessions_of_changed_and_removed_accounts_are_disconnected() {
         agent.want(&two).await;
         let r = agent.pass(&client, DriftTrigger::Reconcile).await;
         assert_eq!(r.sessions, 2, "{}", r.detail());
-        assert_eq!(names(&sim), BTreeSet::from(["sub00001".to_owned()]));
+        assert_eq!(online(&sim), BTreeSet::from(["sub00001".to_owned()]));
         assert_exact(&sim, &two);
     })
     .await;
@@ -719,6 +703,52 @@ async fn a_slow_router_gets_a_bounded_window_of_commands_in_flight() {
     .await;
 }
 
+/// The PPPoE sessions `sub{i}` (password `pw-{i}`) dial in for each `i`.
+fn dial_in(sim: &tikfleet_sim::Running, subscribers: std::ops::Range<usize>) {
+    for i in subscribers {
+        lock(&sim.router(0).device)
+            .start_client(
+                Service::Pppoe,
+                &format!("sub{i:05}"),
+                &format!("pw-{i}"),
+                None,
+                Instant::now(),
+            )
+            .expect("dials");
+    }
+}
+
+/// Who has a PPP session on the router.
+fn online(sim: &tikfleet_sim::Running) -> BTreeSet<String> {
+    menu(sim, "/ppp/active")
+        .into_iter()
+        .map(|r| r["name"].clone())
+        .collect()
+}
+
+/// The reconciler's run loop on its own task.
+struct RunLoop {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunLoop {
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
+impl Agent {
+    /// Starts the run loop, reaching the router through `client`.
+    fn run_loop(&self, client: &RouterOsClient) -> RunLoop {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task =
+            tokio::spawn(Arc::clone(&self.rec).run(Arc::new(Fixed(client.clone())), stopped));
+        RunLoop { stop, task }
+    }
+}
+
 /// Hands the reconciler's run loop one fixed client.
 struct Fixed(RouterOsClient);
 
@@ -746,9 +776,7 @@ async fn the_run_loop_applies_new_states_retries_and_checks_on_schedule() {
         let sim = sim("7.16.2").await;
         let (client, _) = client(&sim).await;
         let agent = Agent::new();
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let run =
-            tokio::spawn(Arc::clone(&agent.rec).run(Arc::new(Fixed(client.clone())), stopped));
+        let run = agent.run_loop(&client);
         let applied = |agent: &Agent| {
             agent
                 .desired
@@ -822,8 +850,7 @@ async fn the_run_loop_applies_new_states_retries_and_checks_on_schedule() {
         assert_eq!(findings.len(), 1, "{findings:#?}");
         assert_eq!(findings[0].action, DriftAction::Corrected);
 
-        stop.send(true).unwrap();
-        run.await.unwrap();
+        run.stop().await;
     })
     .await;
 }
@@ -837,9 +864,7 @@ async fn subscribers_go_to_grace_then_suspension_on_time_by_the_agent_alone() {
         let sim = sim("7.16.2").await;
         let (client, _) = client(&sim).await;
         let agent = Agent::new();
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let run =
-            tokio::spawn(Arc::clone(&agent.rec).run(Arc::new(Fixed(client.clone())), stopped));
+        let run = agent.run_loop(&client);
         let hour = 3_600_000;
         let lifecycle = |i: usize, suspended_profile: Option<&str>| SubscriberLifecycle {
             subscriber_id: SubscriberId::new(),
@@ -873,23 +898,7 @@ async fn subscribers_go_to_grace_then_suspension_on_time_by_the_agent_alone() {
                 && agent.desired.generations().unwrap()[0].applied == 1
         })
         .await;
-        for i in 0..3 {
-            lock(&sim.router(0).device)
-                .start_client(
-                    Service::Pppoe,
-                    &format!("sub{i:05}"),
-                    &format!("pw-{i}"),
-                    None,
-                    Instant::now(),
-                )
-                .expect("dials");
-        }
-        let online = |sim: &tikfleet_sim::Running| -> BTreeSet<String> {
-            menu(sim, "/ppp/active")
-                .into_iter()
-                .map(|r| r["name"].clone())
-                .collect()
-        };
+        dial_in(&sim, 0..3);
         assert_eq!(online(&sim).len(), 3);
 
         // Expiry: both move to the grace profile at once, and their sessions drop so the
@@ -945,8 +954,7 @@ async fn subscribers_go_to_grace_then_suspension_on_time_by_the_agent_alone() {
         })
         .await;
 
-        stop.send(true).unwrap();
-        run.await.unwrap();
+        run.stop().await;
     })
     .await;
 }

@@ -351,6 +351,38 @@ pub enum DriftAction {
     Failed,
 }
 
+impl DriftAction {
+    /// Every action.
+    pub const ALL: [Self; 4] = [
+        Self::Corrected,
+        Self::Reported,
+        Self::Conflict,
+        Self::Failed,
+    ];
+
+    /// The snake_case name, as serialized.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Corrected => "corrected",
+            Self::Reported => "reported",
+            Self::Conflict => "conflict",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for DriftAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown drift action {s:?}"))
+    }
+}
+
 /// One difference between a router and its desired state.
 ///
 /// `field: None` means the whole item: missing on the router (`router_value: None`) or
@@ -473,6 +505,14 @@ mod tests {
                 rmp_serde::from_slice::<OutboxRecord>(&bytes).unwrap(),
                 record
             );
+        }
+    }
+
+    #[test]
+    fn drift_action_names_are_their_serde_tags() {
+        for a in DriftAction::ALL {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+            assert_eq!(a.as_str().parse::<DriftAction>(), Ok(a));
         }
     }
 

@@ -134,6 +134,8 @@ pub struct PassReport {
     pub applied: bool,
     /// The first failure, if any step failed.
     pub error: Option<DriverError>,
+    /// The next moment a subscriber of the stored state changes lifecycle phase.
+    pub next_transition: Option<UnixMillis>,
 }
 
 impl PassReport {
@@ -248,13 +250,7 @@ struct Applied {
 
 impl Applied {
     fn fail(&mut self, e: DriverError) {
-        if matches!(
-            e.code(),
-            ErrorCode::ConnectionReset
-                | ErrorCode::RouterFatal
-                | ErrorCode::Timeout
-                | ErrorCode::ConnectionRefused
-        ) {
+        if e.drops_client() {
             self.broken = true;
         }
         self.first_error.get_or_insert(e);
@@ -452,7 +448,9 @@ impl Reconciler {
         };
         // What the router should have now: subscribers past their expiry or grace moved on
         // (the pass applies and records this one, so a phase change is no drift).
-        let state = lifecycle::effective(&stored, self.clock.now());
+        let now = self.clock.now();
+        let state = lifecycle::effective(&stored, now);
+        let next_transition = lifecycle::next_transition(&stored, now);
         drop(stored);
         let prev = self
             .desired
@@ -537,7 +535,7 @@ impl Reconciler {
                 f.action = DriftAction::Failed;
             }
         }
-        let report = PassReport {
+        let mut report = PassReport {
             generation: state.generation,
             items_checked: plan.items_checked,
             steps: tracker.total as usize,
@@ -548,12 +546,12 @@ impl Reconciler {
             sessions,
             applied: false,
             error: applied.first_error.clone(),
+            next_transition,
         };
         if let Some(e) = &report.error {
             tracing::warn!(%router, generation = state.generation, failed = report.failed, error = %e, "reconcile pass incomplete");
         }
         let full = matches!(scope, Scope::All(_));
-        let mut report = report;
         if full && report.error.is_none() {
             self.desired
                 .set_applied(&state)
@@ -574,9 +572,7 @@ impl Reconciler {
         }
         // The journal is done with once every step succeeded (every journaled item is marked
         // now); after a failure it stays, so the next pass still knows those items are ours.
-        if report.error.is_none() && !journal.is_empty()
-            || !unmarked.is_empty() && report.error.is_none()
-        {
+        if report.error.is_none() && !(journal.is_empty() && unmarked.is_empty()) {
             self.desired
                 .set_journal(router, &[])
                 .map_err(|e| store_err(&e))?;
@@ -817,7 +813,7 @@ impl Reconciler {
             };
             let mut wake: Option<UnixMillis> = None;
             for g in generations {
-                let s = sched.entry(g.router_id).or_insert_with(|| Sched::new(now));
+                let s = sched.entry(g.router_id).or_default();
                 if s.generation != g.stored {
                     s.generation = g.stored;
                     let state = self.desired.get(g.router_id).ok().flatten();
@@ -846,7 +842,6 @@ impl Reconciler {
                         DriftTrigger::Schedule
                     };
                     running.insert(g.router_id);
-                    s.pass_started = now;
                     let rec = Arc::clone(&self);
                     let connect = Arc::clone(&connect);
                     let router = g.router_id;
@@ -858,14 +853,7 @@ impl Reconciler {
                         }
                         .await;
                         if let Err(e) | Ok(PassReport { error: Some(e), .. }) = &res
-                            && matches!(
-                                e.code(),
-                                ErrorCode::ConnectionRefused
-                                    | ErrorCode::Timeout
-                                    | ErrorCode::ConnectionReset
-                                    | ErrorCode::RouterFatal
-                                    | ErrorCode::AuthenticationFailed
-                            )
+                            && e.drops_client()
                         {
                             connect.forget(router);
                         }
@@ -903,7 +891,7 @@ impl Reconciler {
                     let Ok((router, res)) = done else { continue };
                     running.remove(&router);
                     let now = self.clock.now();
-                    let s = sched.entry(router).or_insert_with(|| Sched::new(now));
+                    let s = sched.entry(router).or_default();
                     let failed = match &res {
                         Ok(r) => r.error.is_some(),
                         Err(e) => {
@@ -911,12 +899,10 @@ impl Reconciler {
                             true
                         }
                     };
-                    // The transitions a pass applied are done with (the next one counts
-                    // from its start); after a failure the due one stays due, for the retry.
-                    if !failed
-                        && let Some(state) = self.desired.get(router).ok().flatten()
-                    {
-                        s.transition = lifecycle::next_transition(&state, s.pass_started);
+                    // The transitions a pass applied are done with; after a failure the due
+                    // one stays due, for the retry.
+                    if let Ok(PassReport { error: None, next_transition, .. }) = &res {
+                        s.transition = *next_transition;
                     }
                     if failed {
                         s.failures += 1;
@@ -958,30 +944,15 @@ struct Note {
 }
 
 /// Per-router schedule of the run loop.
+#[derive(Default)]
 struct Sched {
     generation: u64,
     /// The next lifecycle transition of the stored state.
     transition: Option<UnixMillis>,
-    /// When the running (or last) pass started.
-    pass_started: UnixMillis,
     interval_ms: u64,
     next_check: Option<UnixMillis>,
     retry_at: Option<UnixMillis>,
     failures: u32,
-}
-
-impl Sched {
-    fn new(_now: UnixMillis) -> Self {
-        Self {
-            generation: 0,
-            transition: None,
-            pass_started: UnixMillis::EPOCH,
-            interval_ms: 0,
-            next_check: None,
-            retry_at: None,
-            failures: 0,
-        }
-    }
 }
 
 /// The items a job operation changes.

@@ -270,10 +270,7 @@ impl RouterOsClient {
             let res = collect(rx, deadline, cmd.path(), timeout).await;
             drop(guard);
             if let Err(e) = &res
-                && matches!(
-                    e.code(),
-                    ErrorCode::ConnectionReset | ErrorCode::RouterFatal | ErrorCode::Timeout
-                )
+                && e.breaks_connection()
             {
                 self.invalidate(slot, generation).await;
             }
@@ -353,10 +350,7 @@ impl RouterOsClient {
                 break;
             };
             if let Err(e) = &res
-                && matches!(
-                    e.code(),
-                    ErrorCode::ConnectionReset | ErrorCode::RouterFatal | ErrorCode::Timeout
-                )
+                && e.breaks_connection()
                 && broken.is_none()
             {
                 broken = Some(self.ctx(e.clone()));

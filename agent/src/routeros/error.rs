@@ -50,6 +50,27 @@ impl DriverError {
         self.code.retryable()
     }
 
+    /// Whether the connection the command ran on is gone (reset, `!fatal`, no answer in
+    /// time): the pool drops it, and commands not yet answered on it are lost.
+    #[must_use]
+    pub fn breaks_connection(&self) -> bool {
+        matches!(
+            self.code,
+            ErrorCode::ConnectionReset | ErrorCode::RouterFatal | ErrorCode::Timeout
+        )
+    }
+
+    /// Whether a cached client should be dropped and made again: its connection broke, or
+    /// none could be made (refused, login failed).
+    #[must_use]
+    pub fn drops_client(&self) -> bool {
+        self.breaks_connection()
+            || matches!(
+                self.code,
+                ErrorCode::ConnectionRefused | ErrorCode::AuthenticationFailed
+            )
+    }
+
     /// The wire form, for job results and audit records.
     #[must_use]
     pub fn to_info(&self) -> ErrorInfo {

@@ -17,7 +17,7 @@ use super::jobs::JobDto;
 use super::validate;
 use crate::app::AppState;
 use crate::db::PageRequest;
-use crate::db::drift::{DriftFilter, DriftItem, DriftStatus, StatusFilter, action_name};
+use crate::db::drift::{DriftFilter, DriftItem, DriftStatus, StatusFilter};
 
 /// One difference between a router and its desired state.
 #[derive(Serialize, ToSchema)]
@@ -81,7 +81,7 @@ impl From<DriftItem> for DriftItemDto {
             router_value: d.router_value,
             desired_value: d.desired_value,
             managed: d.managed,
-            action: action_name(d.action).to_owned(),
+            action: d.action.as_str().to_owned(),
             status: d.status.as_str().to_owned(),
             check_id: d.check_id,
             generation: d.generation,

@@ -80,28 +80,6 @@ impl std::str::FromStr for DriftStatus {
     }
 }
 
-/// A drift action's stored name (as serialized on the wire).
-#[must_use]
-pub const fn action_name(a: DriftAction) -> &'static str {
-    match a {
-        DriftAction::Corrected => "corrected",
-        DriftAction::Reported => "reported",
-        DriftAction::Conflict => "conflict",
-        DriftAction::Failed => "failed",
-    }
-}
-
-fn parse_action(s: &str) -> Option<DriftAction> {
-    [
-        DriftAction::Corrected,
-        DriftAction::Reported,
-        DriftAction::Conflict,
-        DriftAction::Failed,
-    ]
-    .into_iter()
-    .find(|a| action_name(*a) == s)
-}
-
 /// One difference between a router and its desired state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriftItem {
@@ -176,7 +154,6 @@ const DRIFT_COLUMNS: &str = "id, tenant_id, router_id, kind, item_key, field, ro
 const UNRESOLVED: &str = "('open', 'enforcing')";
 
 fn drift_item(row: &sqlx::any::AnyRow) -> Result<DriftItem, DbError> {
-    let action = row.text("action")?;
     let field = row.text("field")?;
     Ok(DriftItem {
         id: row.parse("id")?,
@@ -188,8 +165,7 @@ fn drift_item(row: &sqlx::any::AnyRow) -> Result<DriftItem, DbError> {
         router_value: row.opt_text("router_value")?,
         desired_value: row.opt_text("desired_value")?,
         managed: row.int("managed")? != 0,
-        action: parse_action(&action)
-            .ok_or_else(|| DbError::Corrupt(format!("drift action {action:?}")))?,
+        action: row.parse("action")?,
         status: row.parse("status")?,
         check_id: row.parse("check_id")?,
         generation: row.uint("generation")?,
@@ -340,7 +316,7 @@ pub(crate) async fn ingest_report(
                 .push(", ")
                 .bind(i64::from(f.managed))
                 .push(", ")
-                .bind(action_name(f.action).to_owned())
+                .bind(f.action.as_str().to_owned())
                 .push(", ")
                 .bind(status.as_str().to_owned())
                 .push(", ")
@@ -383,7 +359,7 @@ pub(crate) async fn ingest_report(
                 .insert("kind", f.item.kind.as_str())
                 .insert("key", bounded(&f.item.key))
                 .insert("managed", f.managed.to_string())
-                .insert("action", action_name(f.action));
+                .insert("action", f.action.as_str());
             if let Some(field) = &f.field {
                 params.insert("field", bounded(field));
             }

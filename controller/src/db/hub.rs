@@ -254,17 +254,23 @@ impl Db {
         Ok(out)
     }
 
-    /// Marks `jobs` of `agent`'s routers delivered (see [`HubStore::jobs_delivered`]).
-    async fn mark_jobs_delivered(
+    /// Sets `column` to `now` on those of `jobs` that belong to `agent`'s routers, are not
+    /// marked yet and meet `condition` (SQL, may be empty): jobs delivered
+    /// ([`HubStore::jobs_delivered`]), or cancels delivered ([`HubStore::cancels_delivered`])
+    /// — only while still cancelled, so a job re-queued meanwhile and cancelled again has its
+    /// cancel sent again.
+    async fn mark_jobs(
         conn: &mut sqlx::AnyConnection,
         agent: AgentId,
         jobs: &[JobId],
+        column: &'static str,
+        condition: &'static str,
         now: UnixMillis,
     ) -> Result<(), DbError> {
         for chunk in jobs.chunks(200) {
-            let mut q = Sql::new("UPDATE jobs SET delivered_at = ");
+            let mut q = Sql::new(&format!("UPDATE jobs SET {column} = "));
             q.bind(now.as_millis())
-                .push(" WHERE delivered_at IS NULL AND id IN ");
+                .push(&format!(" WHERE {column} IS NULL{condition} AND id IN "));
             push_in(&mut q, chunk.iter().map(ToString::to_string));
             q.push(" AND router_id IN (SELECT id FROM routers WHERE agent_id = ")
                 .bind(agent.to_string())
@@ -290,28 +296,6 @@ impl Db {
                 .bind(agent.to_string())
                 .push(" AND stored_generation < ")
                 .bind(generation);
-            q.execute(&mut *conn).await?;
-        }
-        Ok(())
-    }
-
-    /// Marks the cancels of `jobs` delivered (see [`HubStore::cancels_delivered`]).
-    async fn mark_cancels_delivered(
-        conn: &mut sqlx::AnyConnection,
-        agent: AgentId,
-        jobs: &[JobId],
-        now: UnixMillis,
-    ) -> Result<(), DbError> {
-        for chunk in jobs.chunks(200) {
-            // Only while still cancelled: a job re-queued meanwhile is not marked, so a
-            // later cancel of it goes out again.
-            let mut q = Sql::new("UPDATE jobs SET cancel_delivered_at = ");
-            q.bind(now.as_millis())
-                .push(" WHERE cancel_delivered_at IS NULL AND status = 'cancelled' AND id IN ");
-            push_in(&mut q, chunk.iter().map(ToString::to_string));
-            q.push(" AND router_id IN (SELECT id FROM routers WHERE agent_id = ")
-                .bind(agent.to_string())
-                .push(")");
             q.execute(&mut *conn).await?;
         }
         Ok(())
@@ -811,13 +795,21 @@ impl HubStore for Db {
         let mut tx = self.begin().await?;
         for d in batch {
             if !d.jobs.is_empty() {
-                Self::mark_jobs_delivered(&mut tx, d.agent, &d.jobs, now).await?;
+                Self::mark_jobs(&mut tx, d.agent, &d.jobs, "delivered_at", "", now).await?;
             }
             if !d.states.is_empty() {
                 Self::mark_states_stored(&mut tx, d.agent, &d.states).await?;
             }
             if !d.cancels.is_empty() {
-                Self::mark_cancels_delivered(&mut tx, d.agent, &d.cancels, now).await?;
+                Self::mark_jobs(
+                    &mut tx,
+                    d.agent,
+                    &d.cancels,
+                    "cancel_delivered_at",
+                    " AND status = 'cancelled'",
+                    now,
+                )
+                .await?;
             }
         }
         tx.commit().await?;

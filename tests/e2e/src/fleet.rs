@@ -757,3 +757,89 @@ pub async fn admin_client(sim: &Sim, i: usize) -> tikfleet_agent::routeros::Rout
     .await
     .expect("the router's administrator logs in")
 }
+
+// ---------------------------------------------------------------------------------------
+// Steps the fleet and drift scenarios share
+
+/// The longest any wait for the fleet to settle may take.
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// Runs a test body within `limit`.
+pub async fn within<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
+    tokio::time::timeout(limit, f)
+        .await
+        .expect("test timed out");
+}
+
+/// Waits until the controller shows the agent connected.
+pub async fn connected(api: &Api, agent: &str) {
+    eventually("the agent to connect", SETTLE, || async {
+        let (status, v) = api.get(&format!("/api/v1/agents/{agent}")).await;
+        (status == StatusCode::OK && v["connected"] == true).then_some(())
+    })
+    .await;
+}
+
+/// A plan; returns its id.
+pub async fn plan(api: &Api, name: &str, rate: &str) -> String {
+    api.ok(
+        StatusCode::CREATED,
+        "/api/v1/plans",
+        json!({"name": name, "rate_limit": rate}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("plan id")
+        .to_owned()
+}
+
+/// A subscriber of `service` (`pppoe`, `hotspot`); returns its id.
+pub async fn subscriber(
+    api: &Api,
+    router: &str,
+    plan: &str,
+    name: &str,
+    password: &str,
+    service: &str,
+) -> String {
+    api.ok(
+        StatusCode::CREATED,
+        "/api/v1/subscribers",
+        json!({
+            "username": name, "password": password, "plan_id": plan, "router_id": router,
+            "service": service, "expires_at": "2030-01-01T00:00:00Z",
+        }),
+    )
+    .await["id"]
+        .as_str()
+        .expect("subscriber id")
+        .to_owned()
+}
+
+/// Waits until the agent stored the router's latest desired state and its reconciler
+/// applied it; returns the sync view.
+pub async fn synced(api: &Api, router: &str) -> Value {
+    eventually(
+        "the agent to store and apply the desired state",
+        SETTLE,
+        || async {
+            let (status, v) = api.get(&format!("/api/v1/routers/{router}/sync")).await;
+            assert_eq!(status, StatusCode::OK, "{v}");
+            (v["desired_generation"] == v["stored_generation"]
+                && v["desired_generation"] == v["applied_generation"]
+                && v["in_sync"] == true)
+                .then_some(v)
+        },
+    )
+    .await
+}
+
+/// Drift items of `router`: `status` `None` for the default list (open and enforcing),
+/// `Some("all")` for every one.
+pub async fn drift_items(api: &Api, router: &str, status: Option<&str>) -> Vec<Value> {
+    let path = match status {
+        Some(s) => format!("/api/v1/drift?router_id={router}&status={s}"),
+        None => format!("/api/v1/drift?router_id={router}"),
+    };
+    api.all(&path).await
+}

@@ -26,21 +26,12 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tikfleet_agent::routeros::{Cmd, RouterOsClient};
 use tikfleet_e2e::fleet::{
-    Agent, AgentSettings, Api, Controller, HubPath, RunningAgent, Sim, add_router, admin_client,
-    eventually,
+    Agent, AgentSettings, Api, Controller, HubPath, RunningAgent, SETTLE, Sim, add_router,
+    admin_client, connected, drift_items, eventually, plan, subscriber, synced, within,
 };
-
-/// The longest any wait for the fleet to settle may take.
-const SETTLE: Duration = Duration::from_secs(60);
 
 /// The agent's name; its audit rows and resolutions read `agent:site-1`.
 const AGENT_ACTOR: &str = "agent:site-1";
-
-async fn within<F: Future<Output = ()>>(limit: Duration, f: F) {
-    tokio::time::timeout(limit, f)
-        .await
-        .expect("test timed out");
-}
 
 /// One tenant's site: a controller, an agent serving one simulated router, staff's API.
 struct Site {
@@ -74,11 +65,7 @@ impl Site {
         let mut agent = Agent::new(&AgentSettings::default());
         agent.enroll(&ops, &tenant, "site-1").await;
         let running = agent.start();
-        eventually("the agent to connect", SETTLE, || async {
-            let (status, v) = ops.get(&format!("/api/v1/agents/{}", agent.id)).await;
-            (status == StatusCode::OK && v["connected"] == true).then_some(())
-        })
-        .await;
+        connected(&ops, &agent.id).await;
         let router = add_router(&ops, &sim, 0, &agent.id, "core-1").await;
         Self {
             sim,
@@ -105,52 +92,6 @@ impl Site {
     fn profiles(&self) -> BTreeMap<String, BTreeMap<String, String>> {
         self.sim.menu(0, "/ppp/profile")
     }
-}
-
-/// A plan; returns its id.
-async fn plan(api: &Api, name: &str, rate: &str) -> String {
-    api.ok(
-        StatusCode::CREATED,
-        "/api/v1/plans",
-        json!({"name": name, "rate_limit": rate}),
-    )
-    .await["id"]
-        .as_str()
-        .expect("plan id")
-        .to_owned()
-}
-
-/// A PPPoE subscriber; returns its id.
-async fn subscriber(api: &Api, router: &str, plan: &str, name: &str, password: &str) -> String {
-    api.ok(
-        StatusCode::CREATED,
-        "/api/v1/subscribers",
-        json!({
-            "username": name, "password": password, "plan_id": plan, "router_id": router,
-            "service": "pppoe", "expires_at": "2030-01-01T00:00:00Z",
-        }),
-    )
-    .await["id"]
-        .as_str()
-        .expect("subscriber id")
-        .to_owned()
-}
-
-/// Waits until the agent stored the router's latest desired state and applied it.
-async fn synced(api: &Api, router: &str) -> Value {
-    eventually(
-        "the agent to store and apply the desired state",
-        SETTLE,
-        || async {
-            let (status, v) = api.get(&format!("/api/v1/routers/{router}/sync")).await;
-            assert_eq!(status, StatusCode::OK, "{v}");
-            (v["desired_generation"] == v["stored_generation"]
-                && v["desired_generation"] == v["applied_generation"]
-                && v["in_sync"] == true)
-                .then_some(v)
-        },
-    )
-    .await
 }
 
 /// Waits until every job the controller has finished; every one succeeded but those in
@@ -217,15 +158,6 @@ async fn clean_check(api: &Api, router: &str) {
     );
     let all = drift_items(api, router, Some("all")).await;
     assert!(all.is_empty(), "{all:#?}");
-}
-
-/// Drift items of `router`: `status` `None` for the default list (open and enforcing).
-async fn drift_items(api: &Api, router: &str, status: Option<&str>) -> Vec<Value> {
-    let path = match status {
-        Some(s) => format!("/api/v1/drift?router_id={router}&status={s}"),
-        None => format!("/api/v1/drift?router_id={router}"),
-    };
-    api.all(&path).await
 }
 
 /// The one item of `items` for this router item and field.
@@ -313,10 +245,10 @@ async fn drift_is_found_reported_and_resolved_through_the_api() {
         let (ops, router) = (&site.ops, site.router.as_str());
         let gold = plan(ops, "gold", "10M/10M").await;
         let silver = plan(ops, "silver", "5M/5M").await;
-        let alice = subscriber(ops, router, &gold, "alice", "alice-pw-1").await;
-        let bob = subscriber(ops, router, &gold, "bob", "bob-pw-1").await;
-        let carol = subscriber(ops, router, &gold, "carol", "carol-pw-1").await;
-        let dave = subscriber(ops, router, &silver, "dave", "dave-pw-1").await;
+        let alice = subscriber(ops, router, &gold, "alice", "alice-pw-1", "pppoe").await;
+        let bob = subscriber(ops, router, &gold, "bob", "bob-pw-1", "pppoe").await;
+        let carol = subscriber(ops, router, &gold, "carol", "carol-pw-1", "pppoe").await;
+        let dave = subscriber(ops, router, &silver, "dave", "dave-pw-1", "pppoe").await;
         jobs_settle(ops, &[]).await;
         synced(ops, router).await;
         // Converging to what staff asked for is no drift.
@@ -350,7 +282,7 @@ async fn drift_is_found_reported_and_resolved_through_the_api() {
         .await;
         // Then staff create a subscriber erin: the agent does not touch the administrator's
         // account, so its upsert fails with a conflict.
-        let erin = subscriber(ops, router, &silver, "erin", "erin-pw-1").await;
+        let erin = subscriber(ops, router, &silver, "erin", "erin-pw-1", "pppoe").await;
         let upserts = ops.all("/api/v1/jobs?kind=upsert_ppp_secret").await;
         let erin_upsert = upserts
             .iter()
@@ -682,9 +614,9 @@ async fn enforce_policy_corrects_drift_when_checked() {
         let (ops, router) = (&site.ops, site.router.as_str());
         let gold = plan(ops, "gold", "10M/10M").await;
         let silver = plan(ops, "silver", "5M/5M").await;
-        subscriber(ops, router, &gold, "alice", "alice-pw-1").await;
-        subscriber(ops, router, &gold, "bob", "bob-pw-1").await;
-        subscriber(ops, router, &silver, "dave", "dave-pw-1").await;
+        subscriber(ops, router, &gold, "alice", "alice-pw-1", "pppoe").await;
+        subscriber(ops, router, &gold, "bob", "bob-pw-1", "pppoe").await;
+        subscriber(ops, router, &silver, "dave", "dave-pw-1", "pppoe").await;
         jobs_settle(ops, &[]).await;
         synced(ops, router).await;
         clean_check(ops, router).await;
@@ -727,7 +659,7 @@ async fn enforce_policy_corrects_drift_when_checked() {
         // By hand: bob disabled. The reconcile pass of an unrelated staff change (a new
         // subscriber) is a full check too, and puts bob back.
         set_by_hand(&by_hand, "/ppp/secret", "bob", &[("disabled", "yes")]).await;
-        subscriber(ops, router, &gold, "carol", "carol-pw-1").await;
+        subscriber(ops, router, &gold, "carol", "carol-pw-1", "pppoe").await;
         jobs_settle(ops, &[]).await;
         synced(ops, router).await;
         let fixed = eventually("bob's disable to be corrected", SETTLE, || async {
@@ -767,7 +699,7 @@ async fn another_tenant_sees_no_drift_and_starts_no_check() {
         let site = Site::start("report", 0).await;
         let (ops, router) = (&site.ops, site.router.as_str());
         let gold = plan(ops, "gold", "10M/10M").await;
-        subscriber(ops, router, &gold, "alice", "alice-pw-1").await;
+        subscriber(ops, router, &gold, "alice", "alice-pw-1", "pppoe").await;
         jobs_settle(ops, &[]).await;
         synced(ops, router).await;
         clean_check(ops, router).await;
@@ -875,7 +807,7 @@ async fn a_hand_change_after_the_last_staff_change_is_reported_not_undone() {
         let site = Site::start("report", 0).await;
         let (ops, router) = (&site.ops, site.router.as_str());
         let gold = plan(ops, "gold", "10M/10M").await;
-        subscriber(ops, router, &gold, "alice", "alice-pw-1").await;
+        subscriber(ops, router, &gold, "alice", "alice-pw-1", "pppoe").await;
         jobs_settle(ops, &[]).await;
         synced(ops, router).await;
 

@@ -18,90 +18,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tikfleet_e2e::fleet::{
-    Agent, AgentSettings, Api, Controller, HubPath, Sim, add_router, eventually,
+    Agent, AgentSettings, Api, Controller, HubPath, SETTLE, Sim, add_router, connected,
+    drift_items, eventually, plan, subscriber, synced, within,
 };
-
-/// The longest any wait for the fleet to settle may take.
-const SETTLE: Duration = Duration::from_secs(60);
-
-async fn within<F: Future<Output = ()>>(limit: Duration, f: F) {
-    tokio::time::timeout(limit, f)
-        .await
-        .expect("test timed out");
-}
-
-/// Waits until the controller shows the agent connected.
-async fn connected(api: &Api, agent: &str) {
-    eventually("the agent to connect", SETTLE, || async {
-        let (status, v) = api.get(&format!("/api/v1/agents/{agent}")).await;
-        (status == StatusCode::OK && v["connected"] == true).then_some(())
-    })
-    .await;
-}
-
-/// A plan; returns its id.
-async fn plan(api: &Api, name: &str, rate: &str) -> String {
-    api.ok(
-        StatusCode::CREATED,
-        "/api/v1/plans",
-        json!({"name": name, "rate_limit": rate}),
-    )
-    .await["id"]
-        .as_str()
-        .expect("plan id")
-        .to_owned()
-}
-
-/// A subscriber; returns its id.
-async fn subscriber(
-    api: &Api,
-    router: &str,
-    plan: &str,
-    name: &str,
-    password: &str,
-    service: &str,
-) -> String {
-    api.ok(
-        StatusCode::CREATED,
-        "/api/v1/subscribers",
-        json!({
-            "username": name, "password": password, "plan_id": plan, "router_id": router,
-            "service": service, "expires_at": "2030-01-01T00:00:00Z",
-        }),
-    )
-    .await["id"]
-        .as_str()
-        .expect("subscriber id")
-        .to_owned()
-}
-
-/// Waits until the router's desired state is stored by the agent (the API's sync view).
-/// Waits until the agent stored the router's latest desired state and its reconciler
-/// applied it.
-async fn synced(api: &Api, router: &str) -> Value {
-    eventually(
-        "the agent to store and apply the desired state",
-        SETTLE,
-        || async {
-            let (status, v) = api.get(&format!("/api/v1/routers/{router}/sync")).await;
-            assert_eq!(status, StatusCode::OK, "{v}");
-            (v["desired_generation"] == v["stored_generation"]
-                && v["desired_generation"] == v["applied_generation"]
-                && v["in_sync"] == true)
-                .then_some(v)
-        },
-    )
-    .await
-}
-
-/// Every drift item the controller has for `router`, resolved ones included.
-async fn drift_items(api: &Api, router: &str) -> Vec<Value> {
-    let (status, v) = api
-        .get(&format!("/api/v1/drift?router_id={router}&status=all"))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{v}");
-    v["items"].as_array().cloned().unwrap_or_default()
-}
 
 /// Counts of audit rows per action, for rows matching `keep`.
 fn count_actions(audit: &[Value], keep: impl Fn(&Value) -> bool) -> BTreeMap<String, u64> {
@@ -638,7 +557,7 @@ async fn sixty_seconds_of_flaps_lose_nothing_and_apply_nothing_twice() {
         synced(&ops, &router).await;
         // Jobs and desired states raced all along; the reconciler never took a job's newer
         // change for drift (it would have undone it).
-        let drift = drift_items(&ops, &router).await;
+        let drift = drift_items(&ops, &router, Some("all")).await;
         assert!(drift.is_empty(), "{drift:#?}");
         running.stop().await.expect("the agent stops cleanly");
         let audit = ops.audit().await;
