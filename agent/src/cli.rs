@@ -355,7 +355,19 @@ pub async fn run_local(
     out: &mut dyn Write,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
-    let local = Local::open(cli)?;
+    run_local_with_clock(cli, out, shutdown, Arc::new(SystemClock)).await
+}
+
+/// [`run_local`] on `clock` instead of the system's: tests move time by hand (lifecycle
+/// deadlines, retries, reconnect backoff) and never wait for it.
+pub async fn run_local_with_clock(
+    cli: &Cli,
+    out: &mut dyn Write,
+    shutdown: impl std::future::Future<Output = ()>,
+    clock: SharedClock,
+) -> Result<(), CliError> {
+    let mut local = Local::open(cli)?;
+    local.clock = clock;
     let result = match &cli.command {
         Command::Run { exit_when_idle } => {
             return run_agent(local, *exit_when_idle, out, shutdown).await;

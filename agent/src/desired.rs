@@ -14,15 +14,17 @@
 //! On disk (`desired` tree): `d` + 16 router id bytes → MessagePack `DesiredState` (the wire
 //! encoding, named fields); `g` + id → stored generation (u64 big-endian); `a` + id → applied
 //! generation; `p` + id → the applied state; `j` + id → the pass journal (items added
-//! without their marker, MessagePack). A state and its `g` key change in one sled
+//! without their marker, MessagePack); `l` + id → the phase map (the lifecycle phase each
+//! subscriber last had applied on the router, when not active: MessagePack array of
+//! `[subscriber id, phase, expires_at]`). A state and its `g` key change in one sled
 //! transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sled::transaction::ConflictableTransactionError;
-use tikfleet_shared::RouterId;
-use tikfleet_shared::domain::{DesiredState, ItemRef};
+use tikfleet_shared::domain::{DesiredState, ItemRef, LifecyclePhase};
 use tikfleet_shared::protocol::RouterGenerations;
+use tikfleet_shared::{RouterId, SubscriberId, UnixMillis};
 
 use crate::store::{Store, StoreError, TreeName};
 
@@ -43,6 +45,19 @@ fn router_of(key: &[u8]) -> Option<RouterId> {
 fn number(bytes: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
 }
+
+/// A subscriber's lifecycle phase as a pass applied it on a router: the phase, and the
+/// expiry it follows from (a renewal makes a new one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedPhase {
+    /// Grace or suspended (active subscribers are not in a phase map).
+    pub phase: LifecyclePhase,
+    /// The expiry the phase follows from.
+    pub expires_at: UnixMillis,
+}
+
+/// Per subscriber, the non-active lifecycle phase last applied on a router.
+pub type PhaseMap = HashMap<SubscriberId, AppliedPhase>;
 
 /// The desired-state store.
 #[derive(Debug)]
@@ -224,9 +239,42 @@ impl DesiredStore {
         res.map_err(|e| self.store.map_sled(e))
     }
 
+    /// The phase map of `router`: each subscriber's non-active lifecycle phase as the last
+    /// pass that reported it applied it (the reconciler reports a transition when a
+    /// subscriber's phase differs from it).
+    pub fn phases(&self, router: RouterId) -> Result<PhaseMap, StoreError> {
+        Ok(self
+            .read::<Vec<(SubscriberId, LifecyclePhase, UnixMillis)>>(
+                key(b'l', router),
+                "phase map",
+                router,
+            )?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, phase, expires_at)| (id, AppliedPhase { phase, expires_at }))
+            .collect())
+    }
+
+    /// Replaces the phase map of `router` (empty: removes it). Not committed.
+    pub fn set_phases(&self, router: RouterId, phases: &PhaseMap) -> Result<(), StoreError> {
+        let k = key(b'l', router);
+        let res = if phases.is_empty() {
+            self.tree.remove(k).map(|_| ())
+        } else {
+            let entries: Vec<(SubscriberId, LifecyclePhase, UnixMillis)> = phases
+                .iter()
+                .map(|(id, p)| (*id, p.phase, p.expires_at))
+                .collect();
+            self.tree
+                .insert(k, Self::encode(&entries, "phase map")?)
+                .map(|_| ())
+        };
+        res.map_err(|e| self.store.map_sled(e))
+    }
+
     /// Forgets everything about `router` (it was removed). Not committed.
     pub fn remove(&self, router: RouterId) -> Result<(), StoreError> {
-        for prefix in [b'd', b'g', b'a', b'p', b'j'] {
+        for prefix in [b'd', b'g', b'a', b'p', b'j', b'l'] {
             self.tree
                 .remove(key(prefix, router))
                 .map_err(|e| self.store.map_sled(e))?;
@@ -320,5 +368,45 @@ mod tests {
             ]
         );
         assert!(desired.get(RouterId::new()).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_phase_map_survives_a_reopen_and_goes_with_its_router() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r1, r2) = (RouterId::new(), RouterId::new());
+        let map: PhaseMap = (0..3u8)
+            .map(|i| {
+                let phase = if i == 0 {
+                    LifecyclePhase::Suspended
+                } else {
+                    LifecyclePhase::Grace
+                };
+                (
+                    SubscriberId::from_bytes([i; 16]),
+                    AppliedPhase {
+                        phase,
+                        expires_at: UnixMillis(1_000 + i64::from(i)),
+                    },
+                )
+            })
+            .collect();
+        {
+            let store = Store::open(&StoreConfig::new(dir.path())).unwrap();
+            let desired = DesiredStore::open(&store).unwrap();
+            assert!(desired.phases(r1).unwrap().is_empty());
+            desired.set_phases(r1, &map).unwrap();
+            desired.set_phases(r2, &map).unwrap();
+            store.commit().await.unwrap();
+        }
+        let store = Store::open(&StoreConfig::new(dir.path())).unwrap();
+        let desired = DesiredStore::open(&store).unwrap();
+        assert_eq!(desired.phases(r1).unwrap(), map);
+        desired.set_phases(r1, &PhaseMap::new()).unwrap();
+        assert!(desired.phases(r1).unwrap().is_empty(), "empty removes it");
+        desired.remove(r2).unwrap();
+        assert!(
+            desired.phases(r2).unwrap().is_empty(),
+            "removed with the router"
+        );
     }
 }

@@ -2,21 +2,16 @@
 //! under both policies, conflicts and adoption, session disconnects, and a pass interrupted
 //! mid-way that the next pass finishes — all compared with the simulator's own state.
 
+mod reconcile_common;
 mod routeros_common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::future::BoxFuture;
+use reconcile_common::*;
 use routeros_common::*;
-use tikfleet_agent::audit::AuditLog;
-use tikfleet_agent::clock::{ManualClock, SharedClock};
-use tikfleet_agent::desired::DesiredStore;
-use tikfleet_agent::outbox::{Outbox, OutboxConfig};
-use tikfleet_agent::reconcile::{Connect, PassReport, ReconcileConfig, Reconciler, Request, Scope};
-use tikfleet_agent::routeros::{Cmd, DriverError, RouterOsClient};
-use tikfleet_agent::store::{Store, StoreConfig};
+use tikfleet_agent::reconcile::{PassReport, ReconcileConfig, Request, Scope};
+use tikfleet_agent::routeros::{Cmd, RouterOsClient};
 use tikfleet_shared::domain::{
     AddressListEntry, DesiredState, DriftPolicy, DriftSettings, HotspotProfile, HotspotUser,
     ItemKind, ItemRef, PppProfile, PppSecret, PppService, Profile,
@@ -28,81 +23,7 @@ use tikfleet_sim::faults::FaultsPatch;
 use tikfleet_sim::router::lock;
 use tikfleet_sim::sessions::Service;
 
-/// The agent's side: a store, an outbox with its audit writer, the desired states and a
-/// reconciler.
-struct Agent {
-    dir: tempfile::TempDir,
-    router: RouterId,
-    store: Store,
-    outbox: Arc<Outbox>,
-    audit: Arc<AuditLog>,
-    desired: Arc<DesiredStore>,
-    clock: Arc<ManualClock>,
-    rec: Arc<Reconciler>,
-}
-
 impl Agent {
-    fn open(dir: tempfile::TempDir, router: RouterId) -> Self {
-        let store = Store::open(&StoreConfig::new(dir.path())).expect("store");
-        let outbox = Arc::new(Outbox::open(&store, OutboxConfig::default()).expect("outbox"));
-        let audit = Arc::new(AuditLog::start(Arc::clone(&outbox)));
-        let desired = Arc::new(DesiredStore::open(&store).expect("desired"));
-        let clock = Arc::new(ManualClock::new(T0));
-        let shared: SharedClock = clock.clone();
-        let rec = Arc::new(Reconciler::new(
-            Arc::clone(&desired),
-            Arc::clone(&audit),
-            shared,
-            ReconcileConfig::default(),
-        ));
-        Self {
-            dir,
-            router,
-            store,
-            outbox,
-            audit,
-            desired,
-            clock,
-            rec,
-        }
-    }
-
-    fn new() -> Self {
-        Self::open(tempfile::tempdir().expect("tempdir"), RouterId::new())
-    }
-
-    /// Stops everything and opens the same data folder again, as after a restart.
-    async fn restart(self) -> Self {
-        let Self {
-            dir,
-            router,
-            store,
-            outbox,
-            audit,
-            desired,
-            rec,
-            ..
-        } = self;
-        drop(rec);
-        Arc::try_unwrap(audit)
-            .expect("only the agent holds the audit log")
-            .close()
-            .await;
-        drop((outbox, desired, store));
-        Self::open(dir, router)
-    }
-
-    async fn want(&self, state: &DesiredState) {
-        assert!(self.desired.store(state).await.expect("stored"));
-    }
-
-    async fn pass(&self, client: &RouterOsClient, trigger: DriftTrigger) -> PassReport {
-        self.rec
-            .pass(client, self.router, Request::of(trigger), &|_| {})
-            .await
-            .expect("the pass reads the router")
-    }
-
     async fn enforce(&self, client: &RouterOsClient, items: &[ItemRef], adopt: bool) -> PassReport {
         let request = Request {
             trigger: DriftTrigger::Enforce,
@@ -116,18 +37,6 @@ impl Agent {
             .pass(client, self.router, request, &|_| {})
             .await
             .expect("the pass reads the router")
-    }
-
-    /// Every record in the outbox (committed), audit records left out.
-    async fn records(&self) -> Vec<OutboxRecord> {
-        self.audit.flush().await.expect("flushed");
-        self.outbox
-            .read_after(0, usize::MAX)
-            .expect("outbox")
-            .into_iter()
-            .map(|(_, r)| r)
-            .filter(|r| !matches!(r, OutboxRecord::Audit(_)))
-            .collect()
     }
 
     /// The findings of the last drift report (all its parts).
@@ -724,50 +633,6 @@ fn online(sim: &tikfleet_sim::Running) -> BTreeSet<String> {
         .into_iter()
         .map(|r| r["name"].clone())
         .collect()
-}
-
-/// The reconciler's run loop on its own task.
-struct RunLoop {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RunLoop {
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        self.task.await.unwrap();
-    }
-}
-
-impl Agent {
-    /// Starts the run loop, reaching the router through `client`.
-    fn run_loop(&self, client: &RouterOsClient) -> RunLoop {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let task =
-            tokio::spawn(Arc::clone(&self.rec).run(Arc::new(Fixed(client.clone())), stopped));
-        RunLoop { stop, task }
-    }
-}
-
-/// Hands the reconciler's run loop one fixed client.
-struct Fixed(RouterOsClient);
-
-impl Connect for Fixed {
-    fn client(&self, _: RouterId) -> BoxFuture<'_, Result<RouterOsClient, DriverError>> {
-        let c = self.0.clone();
-        Box::pin(async move { Ok(c) })
-    }
-
-    fn forget(&self, _: RouterId) {}
-}
-
-/// Polls `check` until it holds (the run loop works on its own task).
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + std::time::Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

@@ -8,17 +8,27 @@
 //! user profiles, which have no comment on RouterOS and are managed by name. The tenant's
 //! drift settings ride along, so the agent checks and enforces as the tenant chose even
 //! while the controller is unreachable.
+//!
+//! Lifecycles: each subscriber with an expiry gets a [`SubscriberLifecycle`] from the
+//! lifecycle settings of its plan (the tenant's, with the plan's overrides): the end of
+//! grace, the grace profile, and the suspended profile when suspension moves accounts to
+//! one. The agent applies the phase by itself at the right moment
+//! ([`tikfleet_shared::lifecycle::effective`]); the grace and suspended profiles are in the
+//! state whenever an account may need them, so they are on the router before the moment
+//! comes. A subscriber suspended by staff (`hold`) is compiled suspended outright.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use tikfleet_shared::domain::{
     AccountKind, AccountRef, DesiredState, DriftSettings, HotspotProfile, HotspotUser, PppProfile,
     PppSecret, PppService, Profile, SubscriberLifecycle,
 };
+use tikfleet_shared::lifecycle::effective;
 use tikfleet_shared::{RouterId, Secret, SubscriberId, TenantId, UnixMillis};
 
 use crate::db::plans::Plan;
-use crate::db::subscribers::{Service, Subscriber, SubscriberStatus};
+use crate::db::subscribers::{Service, Subscriber};
+use crate::lifecycle::{LifecycleSettings, SuspensionMode};
 
 /// The comment prefix the agent recognises as "managed by tikfleet" (agent `ops::MARKER`).
 pub const MARKER: &str = "tikfleet:";
@@ -82,7 +92,7 @@ pub fn ppp_secret(sub: &Subscriber, password: &Secret, plan: &Plan) -> PppSecret
         password: password.clone(),
         service: PppService::Pppoe,
         profile: plan.profile.clone(),
-        disabled: sub.status == SubscriberStatus::Suspended,
+        disabled: false,
         remote_address: None,
         comment: Some(subscriber_comment(sub.id)),
     }
@@ -98,7 +108,7 @@ pub fn hotspot_user(sub: &Subscriber, password: &Secret, plan: &Plan) -> Hotspot
         profile: plan.profile.clone(),
         server: None,
         mac_address: None,
-        disabled: sub.status == SubscriberStatus::Suspended,
+        disabled: false,
         comment: Some(subscriber_comment(sub.id)),
     }
 }
@@ -117,63 +127,161 @@ pub struct RouterRows<'a> {
     pub subscribers: &'a [(Subscriber, Secret)],
     /// The tenant's drift settings.
     pub drift: DriftSettings,
+    /// The tenant's lifecycle settings (plans may override them).
+    pub lifecycle: &'a LifecycleSettings,
 }
 
 /// Compiles one router's desired state. Subscribers whose plan is missing from `plans` are
 /// left out (the storage layer never lets that happen: a plan in use cannot be deleted).
 #[must_use]
 pub fn desired_state(rows: &RouterRows<'_>, compiled_at: UnixMillis) -> DesiredState {
-    let mut profiles_used = BTreeSet::new();
+    let mut profiles: BTreeMap<(u8, String), Profile> = BTreeMap::new();
     let mut ppp_secrets = Vec::new();
     let mut hotspot_users = Vec::new();
     let mut lifecycles = Vec::new();
     let mut subs: Vec<&(Subscriber, Secret)> = rows.subscribers.iter().collect();
     subs.sort_by(|a, b| a.0.username.cmp(&b.0.username).then(a.0.id.cmp(&b.0.id)));
+    let mut settings_of: BTreeMap<uuid::Uuid, LifecycleSettings> = BTreeMap::new();
     for (sub, password) in subs {
         let Some(plan) = rows.plans.get(&sub.plan_id) else {
             continue;
         };
+        let settings = settings_of
+            .entry(plan.id)
+            .or_insert_with(|| rows.lifecycle.with(&plan.lifecycle));
         let kind = sub.service.account_kind();
-        profiles_used.insert((kind_order(kind), plan.profile.clone(), sub.plan_id));
-        match kind {
-            AccountKind::Ppp => ppp_secrets.push(ppp_secret(sub, password, plan)),
-            AccountKind::Hotspot => hotspot_users.push(hotspot_user(sub, password, plan)),
+        let mut need = |p: Profile| {
+            profiles
+                .entry((kind_order(kind), p.name().to_owned()))
+                .or_insert(p);
+        };
+        need(profile(plan, kind));
+        let mut account_profile = plan.profile.clone();
+        let mut disabled = false;
+        if sub.hold {
+            // Suspended by staff: suspended outright, whatever the expiry says.
+            match settings.suspended_router_profile(kind) {
+                Some(p) => {
+                    account_profile = p.name().to_owned();
+                    need(p);
+                }
+                None => disabled = true,
+            }
+        } else if let Some(expires_at) = sub.expires_at {
+            if let Some(p) = settings.grace_router_profile(kind) {
+                need(p);
+            }
+            if let Some(p) = settings.suspended_router_profile(kind) {
+                need(p);
+            }
+            lifecycles.push(lifecycle(sub, settings, expires_at));
         }
-        if sub.expires_at.is_some() {
-            lifecycles.push(SubscriberLifecycle {
-                subscriber_id: sub.id,
-                account: account(sub),
-                expires_at: sub.expires_at,
-                grace_until: None,
-                grace_profile: None,
-                suspended_profile: None,
-                suspended_address_list: None,
-            });
+        match kind {
+            AccountKind::Ppp => {
+                let mut s = ppp_secret(sub, password, plan);
+                s.profile = account_profile;
+                s.disabled = disabled;
+                ppp_secrets.push(s);
+            }
+            AccountKind::Hotspot => {
+                let mut u = hotspot_user(sub, password, plan);
+                u.profile = account_profile;
+                u.disabled = disabled;
+                hotspot_users.push(u);
+            }
         }
     }
-    let profiles = profiles_used
-        .into_iter()
-        .filter_map(|(k, _, plan_id)| {
-            let kind = if k == 0 {
-                AccountKind::Ppp
-            } else {
-                AccountKind::Hotspot
-            };
-            rows.plans.get(&plan_id).map(|plan| profile(plan, kind))
-        })
-        .collect();
     DesiredState {
         generation: rows.generation,
         tenant_id: rows.tenant_id,
         router_id: rows.router_id,
         compiled_at,
-        profiles,
+        profiles: profiles.into_values().collect(),
         ppp_secrets,
         hotspot_users,
         address_list_entries: Vec::new(),
         lifecycles,
         drift: rows.drift,
     }
+}
+
+/// The lifecycle the agent enforces for `sub` (which expires at `expires_at`).
+#[must_use]
+pub fn lifecycle(
+    sub: &Subscriber,
+    settings: &LifecycleSettings,
+    expires_at: UnixMillis,
+) -> SubscriberLifecycle {
+    SubscriberLifecycle {
+        subscriber_id: sub.id,
+        account: account(sub),
+        expires_at: Some(expires_at),
+        grace_until: settings.grace_until(expires_at),
+        grace_profile: settings.grace_profile.clone(),
+        suspended_profile: settings.suspended_profile_name().map(ToOwned::to_owned),
+        suspended_address_list: match settings.suspension_mode {
+            SuspensionMode::Profile => settings.suspended_address_list.clone(),
+            SuspensionMode::Disable => None,
+        },
+    }
+}
+
+/// One subscriber's account as its router should have it at `now` (its lifecycle phase or
+/// manual suspension applied), with the profile the account names: what a job carries so
+/// that a job and the next desired state agree.
+#[must_use]
+pub fn account_now(
+    sub: &Subscriber,
+    password: &Secret,
+    plan: &Plan,
+    tenant: &LifecycleSettings,
+    now: UnixMillis,
+) -> (Account, Profile) {
+    let plans = BTreeMap::from([(plan.id, plan.clone())]);
+    let subscribers = [(sub.clone(), password.clone())];
+    let state = desired_state(
+        &RouterRows {
+            router_id: sub.router_id,
+            tenant_id: sub.tenant_id,
+            generation: 0,
+            plans: &plans,
+            subscribers: &subscribers,
+            drift: DriftSettings::default(),
+            lifecycle: tenant,
+        },
+        now,
+    );
+    let mut state = effective(&state, now);
+    let account = match (state.ppp_secrets.pop(), state.hotspot_users.pop()) {
+        (Some(s), _) => Account::Ppp(s),
+        (None, Some(u)) => Account::Hotspot(u),
+        // desired_state compiles the one subscriber whose plan it was given; this is its
+        // account as the plan has it.
+        (None, None) => match sub.service.account_kind() {
+            AccountKind::Ppp => Account::Ppp(ppp_secret(sub, password, plan)),
+            AccountKind::Hotspot => Account::Hotspot(hotspot_user(sub, password, plan)),
+        },
+    };
+    let name = match &account {
+        Account::Ppp(s) => s.profile.clone(),
+        Account::Hotspot(u) => u.profile.clone(),
+    };
+    let kind = sub.service.account_kind();
+    let profile = state
+        .profiles
+        .into_iter()
+        .find(|p| p.name() == name && p.kind() == kind)
+        .unwrap_or_else(|| profile(plan, kind));
+    (account, profile)
+}
+
+/// A subscriber's router account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Account {
+    /// A PPP secret.
+    Ppp(PppSecret),
+    /// A hotspot user.
+    Hotspot(HotspotUser),
 }
 
 fn kind_order(kind: AccountKind) -> u8 {

@@ -11,6 +11,8 @@ pub mod compile;
 pub mod crypto;
 pub mod db;
 pub mod hub;
+pub mod lifecycle;
+pub mod notify;
 pub mod server;
 
 /// The highest agent⇄controller protocol version this controller speaks.

@@ -16,6 +16,7 @@ use crate::clock::SharedClock;
 use crate::crypto::AtRestKey;
 use crate::db::{Db, sqlite_url};
 use crate::hub::{Hub, HubConfig, HubTls, RunningHub};
+use crate::notify::Notifier;
 
 /// Where the hub's certificate comes from.
 #[derive(Clone, Debug)]
@@ -90,6 +91,7 @@ pub struct Server {
     /// The first admin token, when this start created it (printed once).
     pub new_admin_token: Option<String>,
     hub: RunningHub,
+    notifier: Option<Notifier>,
     api_stop: Option<oneshot::Sender<()>>,
     api_task: Option<JoinHandle<()>>,
 }
@@ -145,6 +147,8 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen for the API on {}", config.listen))?;
         let api_addr = listener.local_addr()?;
+        let notifier = Notifier::start(db.clone(), clock.clone())
+            .context("cannot start the notification sender")?;
         let app = api_router(AppState::new(db.clone(), clock, hub_info.clone()));
         let (api_stop, stopped) = oneshot::channel::<()>();
         let api_task = tokio::spawn(async move {
@@ -165,6 +169,7 @@ impl Server {
             hub_info,
             new_admin_token,
             hub,
+            notifier: Some(notifier),
             api_stop: Some(api_stop),
             api_task: Some(api_task),
         })
@@ -182,8 +187,8 @@ impl Server {
         self.hub.connections()
     }
 
-    /// Stops the API (in-flight requests finish, up to 10 s) and the hub (sessions are
-    /// closed with `going_away`), then closes the database.
+    /// Stops the API (in-flight requests finish, up to 10 s), the hub (sessions are closed
+    /// with `going_away`) and the notification sender, then closes the database.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.api_stop.take() {
             let _ = stop.send(());
@@ -196,6 +201,9 @@ impl Server {
             tracing::warn!("API requests did not finish in time");
         }
         self.hub.shutdown().await;
+        if let Some(notifier) = self.notifier.take() {
+            notifier.shutdown().await;
+        }
         self.db.close().await;
     }
 }

@@ -582,12 +582,18 @@ async fn plans_subscribers_and_the_jobs_they_queue() {
     assert_eq!(
         keys(&sub),
         [
+            "email",
             "expires_at",
+            "hold",
             "id",
+            "name",
+            "phone",
             "plan_id",
             "router_id",
             "service",
             "status",
+            "status_at",
+            "status_reason",
             "tenant_id",
             "username"
         ]
@@ -657,7 +663,8 @@ async fn plans_subscribers_and_the_jobs_they_queue() {
         "the router already has alice"
     );
 
-    // Suspend: disable and disconnect, both critical; twice changes nothing.
+    // Suspend: the account as suspended (disabled, the tenant's default) and a disconnect,
+    // both critical; twice changes nothing.
     let before = jobs_of(&app, &t.viewer, &rid).await.len();
     let (st, v) = app
         .post_empty(&t.operator, &format!("/api/v1/subscribers/{sid}/suspend"))
@@ -669,7 +676,10 @@ async fn plans_subscribers_and_the_jobs_they_queue() {
     app.post_empty(&t.operator, &format!("/api/v1/subscribers/{sid}/suspend"))
         .await;
     let jobs = jobs_of(&app, &t.viewer, &rid).await;
-    assert_eq!(kinds(&jobs[before..]), ["disable", "disconnect_session"]);
+    assert_eq!(
+        kinds(&jobs[before..]),
+        ["upsert_ppp_secret", "disconnect_session"]
+    );
     assert!(jobs[before..].iter().all(|j| j["priority"] == "critical"));
     let (st, v) = app
         .post_empty(&t.operator, &format!("/api/v1/subscribers/{sid}/resume"))
@@ -677,7 +687,7 @@ async fn plans_subscribers_and_the_jobs_they_queue() {
     assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("active")));
     assert_eq!(
         kinds(&jobs_of(&app, &t.viewer, &rid).await[before + 2..]),
-        ["enable"]
+        ["upsert_ppp_secret", "disconnect_session"]
     );
 
     // A new plan: the profile, the secret on it, and a disconnect so the session takes it.

@@ -388,7 +388,8 @@ pub struct SubscriberLifecycle {
 }
 
 /// Where a subscriber is in its lifecycle at a given time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LifecyclePhase {
     /// Paid up: the account's own profile.
     Active,
@@ -398,7 +399,32 @@ pub enum LifecyclePhase {
     Suspended,
 }
 
+impl LifecyclePhase {
+    /// `active`, `grace` or `suspended`, as serialized.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Grace => "grace",
+            Self::Suspended => "suspended",
+        }
+    }
+}
+
 impl SubscriberLifecycle {
+    /// When the phase that holds at `now` began, if it is not [`LifecyclePhase::Active`].
+    #[must_use]
+    pub fn phase_began(&self, now: UnixMillis) -> Option<UnixMillis> {
+        match self.phase_at(now) {
+            LifecyclePhase::Active => None,
+            LifecyclePhase::Grace => self.expires_at,
+            LifecyclePhase::Suspended => match (self.expires_at, self.grace_until) {
+                (Some(e), Some(g)) if g > e => Some(g),
+                (e, _) => e,
+            },
+        }
+    }
+
     /// The phase at `now`. Expiry and grace end are exclusive of the active side: at exactly
     /// `expires_at` the subscriber is in grace (or suspended if there is no grace).
     #[must_use]

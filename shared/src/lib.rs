@@ -16,6 +16,7 @@
 //!   address-list entries, subscriber lifecycle times.
 //! - [`enroll`]: the JSON of enrollment and identity-key rotation.
 //! - [`job`]: one-off router operations, their priority and status updates.
+//! - [`lifecycle`]: the state a router should have at a moment, given expiries and grace.
 //! - [`record`]: what the agent's durable outbox carries: audit, telemetry, drift, job
 //!   updates, apply reports.
 //! - [`protocol`]: the envelope, every message, version negotiation and [`ProtocolError`].
@@ -34,6 +35,7 @@ pub mod enroll;
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod lifecycle;
 pub mod protocol;
 pub mod record;
 pub mod seal;

@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::ItemRef;
+use crate::domain::{AccountRef, ItemRef, LifecyclePhase};
 use crate::error::ErrorInfo;
-use crate::ids::{AgentId, DriftId, JobId, RouterId, TenantId};
+use crate::ids::{AgentId, DriftId, JobId, RouterId, SubscriberId, TenantId};
 use crate::job::JobUpdate;
 use crate::secret::{REDACTED, Secret};
 use crate::time::UnixMillis;
@@ -39,6 +39,8 @@ pub enum OutboxRecord {
     Applied(ApplyReport),
     /// A long reconcile's progress.
     Progress(ReconcileProgress),
+    /// Subscribers a pass moved to another lifecycle phase on the router (or failed to).
+    Lifecycle(LifecycleReport),
     /// A tombstone: the record under this seq was not delivered, for `reason`. It keeps the
     /// seqs contiguous; the controller stores and counts it and acks it like any record.
     /// Audit records, job updates, drift and apply reports are never dropped, so a
@@ -51,13 +53,14 @@ pub enum OutboxRecord {
 
 impl OutboxRecord {
     /// Every record kind, in declaration order.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "audit",
         "telemetry",
         "drift",
         "job_update",
         "applied",
         "progress",
+        "lifecycle",
         "dropped",
     ];
 
@@ -71,6 +74,7 @@ impl OutboxRecord {
             Self::JobUpdate(_) => "job_update",
             Self::Applied(_) => "applied",
             Self::Progress(_) => "progress",
+            Self::Lifecycle(_) => "lifecycle",
             Self::Dropped { .. } => "dropped",
         }
     }
@@ -450,6 +454,50 @@ pub struct ReconcileProgress {
     pub total: u64,
     /// When.
     pub at: UnixMillis,
+}
+
+/// Lifecycle transitions a reconcile pass made on a router, or could not make.
+///
+/// A pass applies the state as it should be at its moment ([`crate::lifecycle`]); the
+/// subscribers whose phase on the router changed with it are listed here, so the controller
+/// learns what the agent did while it was unreachable. The agent sends each transition once
+/// it is applied (again after a crash before it noted it, so the controller takes them
+/// idempotently: a transition is keyed by subscriber, phase and expiry). With `error`, the
+/// pass failed and none of `transitions` is on the router yet: they are due and will be
+/// retried. Reports hold at most [`LifecycleReport::MAX_TRANSITIONS`] transitions; a pass
+/// with more sends several.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleReport {
+    /// The router.
+    pub router_id: RouterId,
+    /// The generation of the state the pass applied.
+    pub generation: u64,
+    /// When the pass finished.
+    pub at: UnixMillis,
+    /// The subscribers that changed phase (or were due to).
+    pub transitions: Vec<LifecycleTransition>,
+    /// Why the transitions are not applied yet; `None` when they are.
+    pub error: Option<ErrorInfo>,
+}
+
+impl LifecycleReport {
+    /// Most transitions in one report.
+    pub const MAX_TRANSITIONS: usize = 1_000;
+}
+
+/// One subscriber's move to another lifecycle phase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleTransition {
+    /// The subscriber.
+    pub subscriber_id: SubscriberId,
+    /// Its account on the router.
+    pub account: AccountRef,
+    /// The phase it is in now.
+    pub phase: LifecyclePhase,
+    /// The expiry the phase follows from (a renewal makes a new one).
+    pub expires_at: UnixMillis,
+    /// When the phase began by the subscriber's times (the pass may have run later).
+    pub due_at: UnixMillis,
 }
 
 /// The reconciler finished a pass over one generation.

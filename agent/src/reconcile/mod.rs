@@ -12,10 +12,25 @@
 //! 4. disconnects the active sessions (`/ppp/active`, `/ip/hotspot/active`) of accounts
 //!    whose profile, password or enabled state changed, or that were removed, so the change
 //!    takes effect;
-//! 5. reports: a [`DriftReport`] (in parts), an [`ApplyReport`], and — for passes of at
-//!    least [`ReconcileConfig::progress_min_steps`] steps — [`ReconcileProgress`] records
-//!    (items done of total) on the way, all through the outbox behind the pass's audit
-//!    records. When nothing failed it records the state as applied.
+//! 5. reports: a [`DriftReport`] (in parts), the lifecycle transitions it made
+//!    ([`LifecycleReport`], see below), an [`ApplyReport`], and — for passes of at least
+//!    [`ReconcileConfig::progress_min_steps`] steps — [`ReconcileProgress`] records (items
+//!    done of total) on the way, all through the outbox behind the pass's audit records.
+//!    When nothing failed it records the state as applied.
+//!
+//! **Lifecycle transitions** are reported exactly once each, as far as a crash allows. The
+//! store keeps per router a *phase map*: each subscriber's non-active phase (grace or
+//! suspended) and the expiry it follows from, as last reported applied
+//! ([`DesiredStore::phases`]). A full pass that succeeds reports every subscriber of the
+//! state whose phase at the pass's moment is not active and differs from its entry (missing,
+//! another phase, another expiry), in [`LifecycleReport`]s of at most
+//! [`LifecycleReport::MAX_TRANSITIONS`], durable in the outbox *before* the new map is
+//! stored: a crash in between sends them again (at least once; the controller takes them
+//! idempotently by subscriber, phase and expiry), never loses them. Subscribers back to
+//! active (renewed) or gone leave the map, so their next expiry is reported again. A full
+//! pass that fails (or cannot reach the router) while transitions are due reports them once
+//! with the error; the same due set is not reported again on every retry (remembered in
+//! memory, so a restart may repeat it once), and the map is left as it was.
 //!
 //! A pass is "make it so" from what it reads, so an interrupted one (connection drop, agent
 //! killed) is simply run again: what was done is found done. The one thing a re-read cannot
@@ -37,8 +52,9 @@
 //! [`DriftReport`]: tikfleet_shared::record::DriftReport
 //! [`ApplyReport`]: tikfleet_shared::record::ApplyReport
 //! [`ReconcileProgress`]: tikfleet_shared::record::ReconcileProgress
+//! [`LifecycleReport`]: tikfleet_shared::record::LifecycleReport
+//! [`LifecycleReport::MAX_TRANSITIONS`]: tikfleet_shared::record::LifecycleReport::MAX_TRANSITIONS
 
-pub mod lifecycle;
 pub mod plan;
 
 use std::collections::{HashMap, HashSet};
@@ -46,16 +62,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tikfleet_shared::domain::{AccountKind, AccountRef, ItemKind, ItemRef};
+use tikfleet_shared::domain::{
+    AccountKind, AccountRef, ItemKind, ItemRef, LifecyclePhase, SubscriberLifecycle,
+};
 use tikfleet_shared::job::{JobOp, Progress};
 use tikfleet_shared::record::{
-    ApplyReport, DriftAction, DriftReport, DriftTrigger, OutboxRecord, ReconcileProgress,
+    ApplyReport, DriftAction, DriftReport, DriftTrigger, LifecycleReport, LifecycleTransition,
+    OutboxRecord, ReconcileProgress,
 };
 use tikfleet_shared::{DriftId, ErrorCode, JobId, RouterId, UnixMillis};
 
 use crate::audit::AuditLog;
 use crate::clock::SharedClock;
-use crate::desired::DesiredStore;
+use crate::desired::{AppliedPhase, DesiredStore, PhaseMap};
 use crate::routeros::{Cmd, DriverError, RouterOsClient, Row};
 use crate::store::StoreError;
 
@@ -183,6 +202,9 @@ pub struct Reconciler {
     /// Per router, the items the last applied pass left as they were (conflicts, items left
     /// to a newer job, drift only reported). Known only for passes since this start.
     left_alone: Mutex<HashMap<RouterId, HashSet<ItemRef>>>,
+    /// Per router, the fingerprint of the due lifecycle transitions last reported as failed,
+    /// so a retry that fails the same way does not report them again.
+    lifecycle_failed: Mutex<HashMap<RouterId, u64>>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -275,6 +297,7 @@ impl Reconciler {
             locks: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
             left_alone: Mutex::new(HashMap::new()),
+            lifecycle_failed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -449,8 +472,8 @@ impl Reconciler {
         // What the router should have now: subscribers past their expiry or grace moved on
         // (the pass applies and records this one, so a phase change is no drift).
         let now = self.clock.now();
-        let state = lifecycle::effective(&stored, now);
-        let next_transition = lifecycle::next_transition(&stored, now);
+        let state = tikfleet_shared::lifecycle::effective(&stored, now);
+        let next_transition = tikfleet_shared::lifecycle::next_transition(&stored, now);
         drop(stored);
         let prev = self
             .desired
@@ -467,9 +490,27 @@ impl Reconciler {
             // Staff asked for these items by name: do it.
             Scope::Only { .. } => (HashSet::new(), HashSet::new()),
         };
+        let full = matches!(scope, Scope::All(_));
         let detected_at = self.clock.now();
 
-        let rows = read(client).await?;
+        let rows = match read(client).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                if full {
+                    let records = self.failed_transitions(
+                        router,
+                        state.generation,
+                        &state.lifecycles,
+                        now,
+                        &e,
+                    );
+                    if let Err(e) = self.send_records(records).await {
+                        tracing::warn!(%router, error = %e, "lifecycle report not recorded");
+                    }
+                }
+                return Err(e);
+            }
+        };
         let caps = client.caps();
         let plan = plan::diff(&plan::Inputs {
             desired: &state,
@@ -551,7 +592,6 @@ impl Reconciler {
         if let Some(e) = &report.error {
             tracing::warn!(%router, generation = state.generation, failed = report.failed, error = %e, "reconcile pass incomplete");
         }
-        let full = matches!(scope, Scope::All(_));
         if full && report.error.is_none() {
             self.desired
                 .set_applied(&state)
@@ -579,7 +619,29 @@ impl Reconciler {
         }
         self.desired.commit().await.map_err(|e| store_err(&e))?;
 
-        // The drift report, in parts; then the apply report.
+        // The lifecycle transitions this pass made (or, failed, could not make).
+        let finished = self.clock.now();
+        let mut phases = None;
+        let lifecycle_records = match (full, &report.error) {
+            (false, _) => Vec::new(),
+            (true, None) => {
+                let known = self.desired.phases(router).map_err(|e| store_err(&e))?;
+                let due = lifecycle_due(&state.lifecycles, &known, now);
+                self.lifecycle_failed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&router);
+                if due.phases != known {
+                    phases = Some(due.phases);
+                }
+                lifecycle_reports(router, state.generation, finished, due.transitions, None)
+            }
+            (true, Some(e)) => {
+                self.failed_transitions(router, state.generation, &state.lifecycles, now, e)
+            }
+        };
+
+        // The drift report, in parts; the lifecycle reports; then the apply report.
         let id = DriftId::new();
         let parts: Vec<_> = if findings.is_empty() {
             vec![Vec::new()]
@@ -609,16 +671,31 @@ impl Reconciler {
                 })
             })
             .collect();
+        records.extend(lifecycle_records);
         if full {
             records.push(OutboxRecord::Applied(ApplyReport {
                 router_id: router,
                 generation: state.generation,
-                at: self.clock.now(),
+                at: finished,
                 changes: u32::try_from(applied.commands).unwrap_or(u32::MAX),
                 conflicts: plan.conflicts,
                 error: report.error.as_ref().map(DriverError::to_info),
             }));
         }
+        self.send_records(records).await?;
+        // Only once the reports are durable: a crash before this line reports again.
+        if let Some(phases) = phases {
+            self.desired
+                .set_phases(router, &phases)
+                .map_err(|e| store_err(&e))?;
+            self.desired.commit().await.map_err(|e| store_err(&e))?;
+        }
+        tracing::debug!(%router, generation = state.generation, detail = %report.detail(), "reconcile pass");
+        Ok(report)
+    }
+
+    /// Queues `records` in the outbox and waits until they are committed.
+    async fn send_records(&self, mut records: Vec<OutboxRecord>) -> Result<(), DriverError> {
         let last = records.pop();
         for r in records {
             self.audit
@@ -631,8 +708,71 @@ impl Reconciler {
                 .await
                 .map_err(|e| DriverError::new(ErrorCode::Internal, e.to_string()))?;
         }
-        tracing::debug!(%router, generation = state.generation, detail = %report.detail(), "reconcile pass");
-        Ok(report)
+        Ok(())
+    }
+
+    /// The reports of the lifecycle transitions due at `now` that a full pass over
+    /// `router` failed to make with `error`; nothing if none is due, or if the same due set
+    /// was reported failed already (a retry that fails again). Leaves the phase map alone.
+    fn failed_transitions(
+        &self,
+        router: RouterId,
+        generation: u64,
+        lifecycles: &[SubscriberLifecycle],
+        now: UnixMillis,
+        error: &DriverError,
+    ) -> Vec<OutboxRecord> {
+        let known = if lifecycles.is_empty() {
+            PhaseMap::new()
+        } else {
+            match self.desired.phases(router) {
+                Ok(known) => known,
+                Err(e) => {
+                    tracing::warn!(%router, error = %e, "cannot read the lifecycle phase map");
+                    return Vec::new();
+                }
+            }
+        };
+        let due = lifecycle_due(lifecycles, &known, now);
+        let mut failed = self
+            .lifecycle_failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if due.transitions.is_empty() {
+            failed.remove(&router);
+            return Vec::new();
+        }
+        let print = fingerprint(&due.transitions);
+        if failed.insert(router, print) == Some(print) {
+            return Vec::new();
+        }
+        drop(failed);
+        lifecycle_reports(
+            router,
+            generation,
+            self.clock.now(),
+            due.transitions,
+            Some(error),
+        )
+    }
+
+    /// The run loop could not reach `router` for a pass: reports the lifecycle transitions
+    /// that are due (once per due set, like a failed pass).
+    async fn unreachable(&self, router: RouterId, error: &DriverError) {
+        let state = match self.desired.get(router) {
+            Ok(Some(state)) if !state.lifecycles.is_empty() => state,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(%router, error = %e, "cannot read the desired state");
+                return;
+            }
+        };
+        let now = self.clock.now();
+        let records =
+            self.failed_transitions(router, state.generation, &state.lifecycles, now, error);
+        if let Err(e) = self.send_records(records).await {
+            tracing::warn!(%router, error = %e, "lifecycle report not recorded");
+        }
     }
 
     /// Runs one phase's steps pipelined.
@@ -819,7 +959,7 @@ impl Reconciler {
                     let state = self.desired.get(g.router_id).ok().flatten();
                     s.transition = state
                         .as_ref()
-                        .and_then(|d| lifecycle::next_transition(d, now));
+                        .and_then(|d| tikfleet_shared::lifecycle::next_transition(d, now));
                     let interval = state.map_or(0, |d| d.drift.interval_ms);
                     // A new interval counts from now (a shorter one need not wait out the
                     // longer one it replaces).
@@ -847,7 +987,13 @@ impl Reconciler {
                     let router = g.router_id;
                     tasks.spawn(async move {
                         let res = async {
-                            let client = connect.client(router).await?;
+                            let client = match connect.client(router).await {
+                                Ok(client) => client,
+                                Err(e) => {
+                                    rec.unreachable(router, &e).await;
+                                    return Err(e);
+                                }
+                            };
                             rec.pass(&client, router, Request::of(trigger), &|_| {})
                                 .await
                         }
@@ -936,6 +1082,78 @@ fn backoff(config: &ReconcileConfig, failures: u32) -> Duration {
         .min(config.retry_cap)
 }
 
+/// The lifecycle phases of a state at a moment, against a router's phase map.
+struct Due {
+    /// Subscribers whose phase is not active and differs from their entry in the map.
+    transitions: Vec<LifecycleTransition>,
+    /// The new map: every subscriber's phase, if not active.
+    phases: PhaseMap,
+}
+
+/// The phases of `lifecycles` at `now` against `known` (one linear pass).
+fn lifecycle_due(lifecycles: &[SubscriberLifecycle], known: &PhaseMap, now: UnixMillis) -> Due {
+    let mut due = Due {
+        transitions: Vec::new(),
+        phases: PhaseMap::with_capacity(known.len()),
+    };
+    for l in lifecycles {
+        let phase = l.phase_at(now);
+        let Some(expires_at) = l.expires_at.filter(|_| phase != LifecyclePhase::Active) else {
+            continue;
+        };
+        let entry = AppliedPhase { phase, expires_at };
+        // One transition per subscriber, should a state list it twice.
+        if due.phases.insert(l.subscriber_id, entry).is_some() {
+            continue;
+        }
+        if known.get(&l.subscriber_id) != Some(&entry) {
+            due.transitions.push(LifecycleTransition {
+                subscriber_id: l.subscriber_id,
+                account: l.account.clone(),
+                phase,
+                expires_at,
+                due_at: l.phase_began(now).unwrap_or(expires_at),
+            });
+        }
+    }
+    due
+}
+
+/// `transitions` as reports of at most [`LifecycleReport::MAX_TRANSITIONS`].
+fn lifecycle_reports(
+    router: RouterId,
+    generation: u64,
+    at: UnixMillis,
+    transitions: Vec<LifecycleTransition>,
+    error: Option<&DriverError>,
+) -> Vec<OutboxRecord> {
+    let error = error.map(DriverError::to_info);
+    let mut out = Vec::new();
+    let mut rest = transitions;
+    while !rest.is_empty() {
+        let tail = rest.split_off(rest.len().min(LifecycleReport::MAX_TRANSITIONS));
+        out.push(OutboxRecord::Lifecycle(LifecycleReport {
+            router_id: router,
+            generation,
+            at,
+            transitions: rest,
+            error: error.clone(),
+        }));
+        rest = tail;
+    }
+    out
+}
+
+/// Identifies a set of due transitions (in memory only).
+fn fingerprint(transitions: &[LifecycleTransition]) -> u64 {
+    use std::hash::BuildHasher;
+    let hasher =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    transitions.iter().fold(transitions.len() as u64, |acc, t| {
+        acc.wrapping_add(hasher.hash_one((t.subscriber_id, t.phase, t.expires_at)))
+    })
+}
+
 /// A job's change to an item: the generation its change made, and when it ran.
 #[derive(Clone, Copy, Debug)]
 struct Note {
@@ -1022,4 +1240,97 @@ async fn read(client: &RouterOsClient) -> Result<HashMap<ItemKind, Vec<Row>>, Dr
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use tikfleet_shared::SubscriberId;
+
+    use super::*;
+
+    fn lifecycle(i: u16, expires: i64) -> SubscriberLifecycle {
+        let mut id = [0; 16];
+        id[..2].copy_from_slice(&i.to_be_bytes());
+        SubscriberLifecycle {
+            subscriber_id: SubscriberId::from_bytes(id),
+            account: AccountRef {
+                kind: AccountKind::Ppp,
+                name: format!("sub{i}"),
+            },
+            expires_at: Some(UnixMillis(expires)),
+            grace_until: Some(UnixMillis(expires + 100)),
+            grace_profile: None,
+            suspended_profile: None,
+            suspended_address_list: None,
+        }
+    }
+
+    #[test]
+    fn a_transition_is_a_non_active_phase_the_map_does_not_have() {
+        let ls = vec![lifecycle(0, 10), lifecycle(1, 50), lifecycle(2, 1_000)];
+        let first = lifecycle_due(&ls, &PhaseMap::new(), UnixMillis(60));
+        let phases = |d: &Due| -> Vec<(String, LifecyclePhase, i64)> {
+            d.transitions
+                .iter()
+                .map(|t| (t.account.name.clone(), t.phase, t.due_at.0))
+                .collect()
+        };
+        assert_eq!(
+            phases(&first),
+            vec![
+                ("sub0".into(), LifecyclePhase::Grace, 10),
+                ("sub1".into(), LifecyclePhase::Grace, 50)
+            ]
+        );
+        assert_eq!(
+            first.phases.len(),
+            2,
+            "active subscribers are not in the map"
+        );
+        let again = lifecycle_due(&ls, &first.phases, UnixMillis(60));
+        assert!(again.transitions.is_empty());
+        assert_eq!(again.phases, first.phases);
+        let later = lifecycle_due(&ls, &first.phases, UnixMillis(110));
+        assert_eq!(
+            phases(&later),
+            vec![("sub0".into(), LifecyclePhase::Suspended, 110)]
+        );
+        // A renewal leaves the map; its next expiry is a transition again.
+        let mut renewed = ls.clone();
+        renewed[1] = lifecycle(1, 500);
+        let back = lifecycle_due(&renewed, &later.phases, UnixMillis(120));
+        assert!(back.transitions.is_empty());
+        assert_eq!(back.phases.len(), 1);
+        let expired = lifecycle_due(&renewed, &back.phases, UnixMillis(500));
+        assert_eq!(
+            phases(&expired),
+            vec![("sub1".into(), LifecyclePhase::Grace, 500)]
+        );
+        // A state that lists a subscriber twice reports it once.
+        let twice = vec![lifecycle(0, 10), lifecycle(0, 10)];
+        assert_eq!(
+            lifecycle_due(&twice, &PhaseMap::new(), UnixMillis(20))
+                .transitions
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn reports_hold_at_most_max_transitions_and_the_fingerprint_tells_sets_apart() {
+        let ls: Vec<_> = (0..2_500).map(|i| lifecycle(i, 10)).collect();
+        let due = lifecycle_due(&ls, &PhaseMap::new(), UnixMillis(20));
+        let print = fingerprint(&due.transitions);
+        assert_ne!(print, fingerprint(&due.transitions[1..]));
+        let reports = lifecycle_reports(RouterId::new(), 1, UnixMillis(30), due.transitions, None);
+        let sizes: Vec<usize> = reports
+            .iter()
+            .map(|r| match r {
+                OutboxRecord::Lifecycle(l) => l.transitions.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(sizes, vec![1_000, 1_000, 500]);
+        assert!(lifecycle_reports(RouterId::new(), 1, UnixMillis(30), vec![], None).is_empty());
+    }
 }

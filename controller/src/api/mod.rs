@@ -26,6 +26,8 @@ pub mod drift;
 pub mod error;
 pub mod extract;
 pub mod jobs;
+pub mod lifecycle;
+pub mod notifications;
 pub mod plans;
 pub mod routers;
 pub mod subscribers;
@@ -82,12 +84,18 @@ impl Modify for BearerAuth {
         jobs::list, jobs::show, jobs::requeue, jobs::cancel,
         drift::check, drift::list, drift::show, drift::accept, drift::enforce,
         audit::list,
+        notifications::show_settings, notifications::set_settings, notifications::send_test,
+        notifications::subscriber_log,
+        lifecycle::show_tenant, lifecycle::set_tenant, lifecycle::show_plan, lifecycle::set_plan,
+        lifecycle::renew, lifecycle::show_subscriber,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth),
     tags(
         (name = "tenants"), (name = "agents"), (name = "routers"), (name = "plans"),
         (name = "subscribers"), (name = "jobs"), (name = "drift"), (name = "audit"),
+        (name = "notifications"),
+        (name = "lifecycle"),
     )
 )]
 pub struct ApiDoc;
@@ -130,6 +138,31 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/tenants/{id}/drift",
             get(tenants::show_drift).put(tenants::set_drift),
+        )
+        .route(
+            "/tenants/{id}/lifecycle",
+            get(lifecycle::show_tenant).put(lifecycle::set_tenant),
+        )
+        .route(
+            "/plans/{id}/lifecycle",
+            get(lifecycle::show_plan).put(lifecycle::set_plan),
+        )
+        .route("/subscribers/{id}/renew", post(lifecycle::renew))
+        .route(
+            "/subscribers/{id}/lifecycle",
+            get(lifecycle::show_subscriber),
+        )
+        .route(
+            "/tenants/{id}/notifications",
+            get(notifications::show_settings).put(notifications::set_settings),
+        )
+        .route(
+            "/tenants/{id}/notifications/test",
+            post(notifications::send_test),
+        )
+        .route(
+            "/subscribers/{id}/notifications",
+            get(notifications::subscriber_log),
         )
         .route("/agents", get(agents::list))
         .route("/agents/enroll", post(agents::enroll))

@@ -13,7 +13,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 use super::validate;
 use crate::app::AppState;
 use crate::db::PageRequest;
-use crate::db::subscribers::{NewSubscriber, Service, Subscriber, SubscriberPatch};
+use crate::db::subscribers::{Contact, NewSubscriber, Service, Subscriber, SubscriberPatch};
 
 /// A subscriber (never its password).
 #[derive(Serialize, ToSchema)]
@@ -36,8 +36,21 @@ pub struct SubscriberDto {
     pub service: String,
     /// When service expires (RFC 3339), or null.
     pub expires_at: Option<String>,
-    /// `active` or `suspended`.
+    /// `active`, `grace` or `suspended`: the phase last confirmed on the router (expiry
+    /// transitions are reported by the agent, even those it made offline) or set by staff.
     pub status: String,
+    /// Suspended by staff until resumed, whatever the expiry says.
+    pub hold: bool,
+    /// Why the status last changed: `created`, `expiry`, `manual`, `renewal` or `resume`.
+    pub status_reason: Option<String>,
+    /// When the status last changed (RFC 3339).
+    pub status_at: Option<String>,
+    /// Full name, for notices.
+    pub name: Option<String>,
+    /// Email address for notices.
+    pub email: Option<String>,
+    /// Phone number for SMS notices.
+    pub phone: Option<String>,
 }
 
 impl From<Subscriber> for SubscriberDto {
@@ -51,6 +64,12 @@ impl From<Subscriber> for SubscriberDto {
             service: s.service.as_str().to_owned(),
             expires_at: s.expires_at.map(validate::format_time),
             status: s.status.as_str().to_owned(),
+            hold: s.hold,
+            status_reason: s.status_reason,
+            status_at: s.status_at.map(validate::format_time),
+            name: s.contact.name,
+            email: s.contact.email,
+            phone: s.contact.phone,
         }
     }
 }
@@ -96,6 +115,12 @@ pub struct CreateSubscriber {
     pub service: String,
     /// When service expires (RFC 3339), or null for never.
     pub expires_at: Option<String>,
+    /// Full name, for notices.
+    pub name: Option<String>,
+    /// Email address for notices.
+    pub email: Option<String>,
+    /// Phone number (E.164, e.g. `+254700000001`) for SMS notices.
+    pub phone: Option<String>,
 }
 
 /// Changes to a subscriber; absent fields stay as they are, `"expires_at": null` removes
@@ -115,15 +140,40 @@ pub struct UpdateSubscriber {
     pub router_id: Option<RouterId>,
     /// New service.
     pub service: Option<String>,
-    /// New expiry (RFC 3339), or null to remove it.
+    /// New expiry (RFC 3339), or null to remove it. A later expiry for a subscriber in
+    /// grace or suspended by expiry is a renewal (see `POST /subscribers/{id}/renew`).
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub expires_at: Option<Option<String>>,
+    /// New full name, or null to remove it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    /// New email, or null to remove it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub email: Option<Option<String>>,
+    /// New phone, or null to remove it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub phone: Option<Option<String>>,
 }
 
 /// Tells an absent field (`None`) from an explicit null (`Some(None)`).
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
+}
+
+fn contact(
+    name: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+) -> Result<Contact, ApiError> {
+    Ok(Contact {
+        name: name.map(|n| validate::name("name", &n, 200)).transpose()?,
+        email: email.map(|e| validate::email("email", &e)).transpose()?,
+        phone: phone.map(|p| validate::phone("phone", &p)).transpose()?,
+    })
 }
 
 fn service(value: &str) -> Result<Service, ApiError> {
@@ -152,6 +202,7 @@ pub async fn create(
             .expires_at
             .map(|t| validate::parse_time("expires_at", &t))
             .transpose()?,
+        contact: contact(body.name, body.email, body.phone)?,
     };
     let s = st.db.create_subscriber(&p.staff(), new).await?;
     Ok((StatusCode::CREATED, Json(s.into())))
@@ -216,6 +267,18 @@ pub async fn update(
                 t.map(|t| validate::parse_time("expires_at", &t))
                     .transpose()
             })
+            .transpose()?,
+        name: body
+            .name
+            .map(|n| n.map(|n| validate::name("name", &n, 200)).transpose())
+            .transpose()?,
+        email: body
+            .email
+            .map(|e| e.map(|e| validate::email("email", &e)).transpose())
+            .transpose()?,
+        phone: body
+            .phone
+            .map(|p| p.map(|p| validate::phone("phone", &p)).transpose())
             .transpose()?,
     };
     Ok(Json(

@@ -18,6 +18,41 @@ pub fn name(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     Ok(v.to_owned())
 }
 
+/// An email address: `local@domain` with a dot in the domain, up to 254 characters, no
+/// spaces or control characters (full RFC 5322 syntax is the mail server's business).
+pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
+    let v = value.trim();
+    let ok = v.len() <= 254
+        && !v.chars().any(|c| c.is_whitespace() || c.is_control())
+        && v.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{field} must be an email address like name@example.com"
+        )))
+    }
+}
+
+/// A phone number in E.164 form: `+` and 7 to 15 digits (spaces and dashes are dropped).
+pub fn phone(field: &str, value: &str) -> Result<String, ApiError> {
+    let v: String = value.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    let digits = v.strip_prefix('+').unwrap_or("");
+    if (7..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit()) {
+        Ok(v)
+    } else {
+        Err(ApiError::invalid(format!(
+            "{field} must be an E.164 phone number like +254700000001"
+        )))
+    }
+}
+
 /// A name RouterOS takes as a user or profile name and that survives its API and console:
 /// 1 to 64 of letters, digits and `. _ - @ +`.
 pub fn routeros_name(field: &str, value: &str) -> Result<String, ApiError> {

@@ -145,20 +145,25 @@ impl Db {
         }
         // The tenants' drift settings, which every state carries.
         let mut drift: HashMap<TenantId, DriftSettings> = HashMap::new();
+        let mut lifecycle: HashMap<TenantId, crate::lifecycle::LifecycleSettings> = HashMap::new();
         let tenant_ids: BTreeSet<TenantId> = targets.iter().map(|t| t.1).collect();
         let tenant_ids: Vec<TenantId> = tenant_ids.into_iter().collect();
         for chunk in tenant_ids.chunks(AGENTS_PER_QUERY) {
-            let mut q =
-                Sql::new("SELECT id, drift_policy, drift_interval_secs FROM tenants WHERE id IN ");
+            let mut q = Sql::new(
+                "SELECT id, drift_policy, drift_interval_secs, lifecycle FROM tenants WHERE id IN ",
+            );
             push_in(&mut q, chunk.iter().map(ToString::to_string));
             for row in q.fetch_all(&mut *conn).await? {
-                drift.insert(
-                    row.parse("id")?,
-                    super::tenants::tenant_drift(&row)?.settings(),
+                let id = row.parse("id")?;
+                drift.insert(id, super::tenants::tenant_drift(&row)?.settings());
+                lifecycle.insert(
+                    id,
+                    super::lifecycle::parse_settings(row.opt_text("lifecycle")?.as_deref())?,
                 );
             }
         }
         let (no_plans, no_subscribers) = (BTreeMap::new(), Vec::new());
+        let default_lifecycle = crate::lifecycle::LifecycleSettings::default();
         let now = self.now();
         Ok(targets
             .iter()
@@ -171,6 +176,7 @@ impl Db {
                         plans: plans.get(&tenant).unwrap_or(&no_plans),
                         subscribers: subscribers.get(&router).unwrap_or(&no_subscribers),
                         drift: drift.get(&tenant).copied().unwrap_or_default(),
+                        lifecycle: lifecycle.get(&tenant).unwrap_or(&default_lifecycle),
                     },
                     now,
                 )
@@ -542,6 +548,12 @@ impl Db {
                         .bind(generation)
                         .push(")");
                     q.execute(&mut *tx).await?;
+                }
+                OutboxRecord::Lifecycle(report) => {
+                    if live.contains(&report.router_id) {
+                        super::lifecycle::ingest_report(&mut tx, self, tenant, &name, report)
+                            .await?;
+                    }
                 }
                 OutboxRecord::Dropped { .. } => dropped += 1,
             }

@@ -31,6 +31,8 @@ pub mod audit;
 pub mod drift;
 mod hub;
 pub mod jobs;
+pub mod lifecycle;
+pub mod notify;
 pub mod page;
 pub mod plans;
 pub mod routers;
@@ -226,6 +228,8 @@ struct Inner {
     key: AtRestKey,
     clock: SharedClock,
     signals: AgentSignals,
+    /// Wakes the notification sender after a commit that queued notifications.
+    notifications_queued: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Db {
@@ -276,6 +280,13 @@ fn migrator() -> Migrator {
                 Cow::Borrowed("drift"),
                 MigrationType::Simple,
                 Cow::Borrowed(include_str!("../../migrations/0004_drift.sql")),
+                false,
+            ),
+            Migration::new(
+                5,
+                Cow::Borrowed("lifecycle"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0005_lifecycle.sql")),
                 false,
             ),
         ]),
@@ -344,6 +355,7 @@ impl Db {
                 key,
                 clock,
                 signals,
+                notifications_queued: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -358,6 +370,20 @@ impl Db {
     #[must_use]
     pub fn signals(&self) -> &AgentSignals {
         &self.inner.signals
+    }
+
+    /// What the notification sender waits on besides its clock: signalled (with
+    /// [`wake_notifier`](Self::wake_notifier)) after a commit that queued notifications.
+    #[must_use]
+    pub fn notifications_queued(&self) -> &tokio::sync::Notify {
+        &self.inner.notifications_queued
+    }
+
+    /// Wakes the notification sender; call it after committing a transaction that queued
+    /// notices or alerts ([`notify::queue_notice`], [`notify::queue_alert`]). A wake while
+    /// the sender is busy is kept for its next wait, so none is lost.
+    pub fn wake_notifier(&self) {
+        self.inner.notifications_queued.notify_one();
     }
 
     /// Closes the pool.

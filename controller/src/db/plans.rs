@@ -12,6 +12,7 @@ use super::sql::Sql;
 use super::subscribers::Service;
 use super::{Db, DbError, Page, PageRequest, RowExt as _, Scope, Staff, audit_staff, unique_as};
 use crate::compile;
+use crate::lifecycle::LifecycleOverride;
 
 /// A plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +27,8 @@ pub struct Plan {
     pub profile: String,
     /// RouterOS rate limit, e.g. `10M/10M`.
     pub rate_limit: String,
+    /// Its overrides of the tenant's lifecycle settings (empty: the tenant's hold).
+    pub lifecycle: LifecycleOverride,
     /// When it was created.
     pub created_at: UnixMillis,
 }
@@ -52,7 +55,8 @@ pub struct PlanPatch {
     pub rate_limit: Option<String>,
 }
 
-pub(crate) const PLAN_COLUMNS: &str = "id, tenant_id, name, profile, rate_limit, created_at";
+pub(crate) const PLAN_COLUMNS: &str =
+    "id, tenant_id, name, profile, rate_limit, created_at, lifecycle";
 
 pub(crate) fn plan(row: &sqlx::any::AnyRow) -> Result<Plan, DbError> {
     Ok(Plan {
@@ -61,6 +65,11 @@ pub(crate) fn plan(row: &sqlx::any::AnyRow) -> Result<Plan, DbError> {
         name: row.text("name")?,
         profile: row.text("profile")?,
         rate_limit: row.text("rate_limit")?,
+        lifecycle: match row.opt_text("lifecycle")? {
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| DbError::Corrupt(format!("plan lifecycle settings: {e}")))?,
+            None => LifecycleOverride::default(),
+        },
         created_at: row.millis("created_at")?,
     })
 }
@@ -97,6 +106,7 @@ impl Db {
             name: new.name,
             profile: new.profile,
             rate_limit: new.rate_limit,
+            lifecycle: LifecycleOverride::default(),
             created_at: now,
         };
         let mut tx = self.begin().await?;

@@ -19,6 +19,7 @@ use super::plans::Plan;
 use super::sql::Sql;
 use super::{Db, DbError, Page, PageRequest, RowExt as _, Scope, Staff, audit_staff, unique_as};
 use crate::compile;
+use crate::lifecycle::LifecycleSettings;
 
 /// How a subscriber connects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,12 +52,15 @@ impl std::str::FromStr for Service {
     }
 }
 
-/// Whether a subscriber has service.
+/// Where a subscriber stands: the phase last confirmed on its router (the agent reports
+/// expiry transitions, even those it made offline) or set by staff.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SubscriberStatus {
-    /// Enabled.
+    /// Service on the plan's terms.
     Active,
-    /// Disabled by staff.
+    /// Expired, in grace: the grace profile.
+    Grace,
+    /// Suspended, by expiry at the end of grace or by staff (`hold`).
     Suspended,
 }
 
@@ -66,7 +70,18 @@ impl SubscriberStatus {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
+            Self::Grace => "grace",
             Self::Suspended => "suspended",
+        }
+    }
+
+    /// The status of a lifecycle phase.
+    #[must_use]
+    pub const fn of_phase(phase: tikfleet_shared::domain::LifecyclePhase) -> Self {
+        match phase {
+            tikfleet_shared::domain::LifecyclePhase::Active => Self::Active,
+            tikfleet_shared::domain::LifecyclePhase::Grace => Self::Grace,
+            tikfleet_shared::domain::LifecyclePhase::Suspended => Self::Suspended,
         }
     }
 }
@@ -76,6 +91,7 @@ impl std::str::FromStr for SubscriberStatus {
     fn from_str(s: &str) -> Result<Self, ()> {
         match s {
             "active" => Ok(Self::Active),
+            "grace" => Ok(Self::Grace),
             "suspended" => Ok(Self::Suspended),
             _ => Err(()),
         }
@@ -99,12 +115,31 @@ pub struct Subscriber {
     pub service: Service,
     /// When service expires, if it does.
     pub expires_at: Option<UnixMillis>,
-    /// Active or suspended.
+    /// Active, in grace, or suspended.
     pub status: SubscriberStatus,
+    /// Suspended by staff until they resume it (whatever the expiry says).
+    pub hold: bool,
+    /// Why the status last changed: `created`, `expiry`, `manual`, `renewal`, `resume`.
+    pub status_reason: Option<String>,
+    /// When the status last changed.
+    pub status_at: Option<UnixMillis>,
+    /// Contact details for notices.
+    pub contact: Contact,
     /// When it was created.
     pub created_at: UnixMillis,
     /// When it last changed.
     pub updated_at: UnixMillis,
+}
+
+/// A subscriber's contact details (each optional).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Contact {
+    /// Full name, for the greeting in notices.
+    pub name: Option<String>,
+    /// Email address for notices.
+    pub email: Option<String>,
+    /// Phone number (E.164) for SMS notices.
+    pub phone: Option<String>,
 }
 
 /// A subscriber to add.
@@ -122,6 +157,8 @@ pub struct NewSubscriber {
     pub service: Service,
     /// Expiry, if any.
     pub expires_at: Option<UnixMillis>,
+    /// Contact details.
+    pub contact: Contact,
 }
 
 /// Changes to a subscriber; `None` leaves a field as it is.
@@ -139,9 +176,15 @@ pub struct SubscriberPatch {
     pub service: Option<Service>,
     /// New expiry (`Some(None)` removes it).
     pub expires_at: Option<Option<UnixMillis>>,
+    /// New name (`Some(None)` removes it).
+    pub name: Option<Option<String>>,
+    /// New email (`Some(None)` removes it).
+    pub email: Option<Option<String>>,
+    /// New phone (`Some(None)` removes it).
+    pub phone: Option<Option<String>>,
 }
 
-pub(crate) const SUBSCRIBER_COLUMNS: &str = "id, tenant_id, router_id, plan_id, username, password, service, expires_at, status, created_at, updated_at";
+pub(crate) const SUBSCRIBER_COLUMNS: &str = "id, tenant_id, router_id, plan_id, username, password, service, expires_at, status, created_at, updated_at, hold, status_reason, status_at, name, email, phone";
 
 pub(crate) fn subscriber(row: &sqlx::any::AnyRow) -> Result<Subscriber, DbError> {
     Ok(Subscriber {
@@ -153,6 +196,14 @@ pub(crate) fn subscriber(row: &sqlx::any::AnyRow) -> Result<Subscriber, DbError>
         service: row.parse("service")?,
         expires_at: row.opt_millis("expires_at")?,
         status: row.parse("status")?,
+        hold: row.int("hold")? != 0,
+        status_reason: row.opt_text("status_reason")?,
+        status_at: row.opt_millis("status_at")?,
+        contact: Contact {
+            name: row.opt_text("name")?,
+            email: row.opt_text("email")?,
+            phone: row.opt_text("phone")?,
+        },
         created_at: row.millis("created_at")?,
         updated_at: row.millis("updated_at")?,
     })
@@ -175,15 +226,15 @@ pub(crate) fn subscriber_with_password(
 }
 
 /// Job building for one change inside a transaction.
-struct Change<'a> {
-    db: &'a Db,
-    tenant: TenantId,
-    now: UnixMillis,
-    agents: BTreeSet<AgentId>,
+pub(super) struct Change<'a> {
+    pub(super) db: &'a Db,
+    pub(super) tenant: TenantId,
+    pub(super) now: UnixMillis,
+    pub(super) agents: BTreeSet<AgentId>,
 }
 
 impl Change<'_> {
-    async fn touch(
+    pub(super) async fn touch(
         &mut self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         router: RouterId,
@@ -195,7 +246,7 @@ impl Change<'_> {
         super::routers::bump_generation(tx, router, self.now).await
     }
 
-    async fn job(
+    pub(super) async fn job(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         router: RouterId,
@@ -217,26 +268,40 @@ impl Change<'_> {
         Ok(())
     }
 
-    /// Queues the account's upsert, carrying the plan's profile: the agent makes the profile
-    /// so first, so the account never names a profile the router does not have yet (a
-    /// separate profile job could still be waiting in the agent's queue beside it).
-    async fn upsert(
+    /// Queues the account's upsert as it should be now (the plan's profile, or the grace or
+    /// suspended terms its lifecycle or a manual suspension gives it), carrying the profile
+    /// it names: the agent makes the profile so first, so the account never names a profile
+    /// the router does not have yet (a separate profile job could still be waiting in the
+    /// agent's queue beside it).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn upsert(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         sub: &Subscriber,
         password: &Secret,
         plan: &Plan,
+        settings: &LifecycleSettings,
         generation: u64,
         priority: Priority,
     ) -> Result<(), DbError> {
-        let op = match compile::profile(plan, sub.service.account_kind()) {
-            Profile::Ppp(profile) => JobOp::UpsertPppSecret {
-                secret: compile::ppp_secret(sub, password, plan),
+        let op = match compile::account_now(sub, password, plan, settings, self.now) {
+            (compile::Account::Ppp(secret), Profile::Ppp(profile)) => JobOp::UpsertPppSecret {
+                secret,
                 profile: Some(Box::new(profile)),
             },
-            Profile::Hotspot(profile) => JobOp::UpsertHotspotUser {
-                user: compile::hotspot_user(sub, password, plan),
-                profile: Some(Box::new(profile)),
+            (compile::Account::Hotspot(user), Profile::Hotspot(profile)) => {
+                JobOp::UpsertHotspotUser {
+                    user,
+                    profile: Some(Box::new(profile)),
+                }
+            }
+            (compile::Account::Ppp(secret), Profile::Hotspot(_)) => JobOp::UpsertPppSecret {
+                secret,
+                profile: None,
+            },
+            (compile::Account::Hotspot(user), Profile::Ppp(_)) => JobOp::UpsertHotspotUser {
+                user,
+                profile: None,
             },
         };
         self.job(
@@ -248,6 +313,22 @@ impl Change<'_> {
             generation,
         )
         .await
+    }
+
+    /// Queues the disconnection of the account's sessions, so new terms apply at once.
+    pub(super) async fn disconnect(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        sub: &Subscriber,
+        generation: u64,
+        priority: Priority,
+    ) -> Result<(), DbError> {
+        let op = JobOp::DisconnectSession {
+            account: compile::account(sub),
+        };
+        let key = job_key(sub.id, &op, sub.router_id, generation);
+        self.job(tx, sub.router_id, key, priority, op, generation)
+            .await
     }
 
     async fn remove(
@@ -316,8 +397,17 @@ impl Db {
             service: new.service,
             expires_at: new.expires_at,
             status: SubscriberStatus::Active,
+            hold: false,
+            status_reason: Some("created".into()),
+            status_at: Some(now),
+            contact: new.contact.clone(),
             created_at: now,
             updated_at: now,
+        };
+        let settings = super::lifecycle::tenant_settings(&mut tx, router.tenant_id).await?;
+        let sub = Subscriber {
+            status: super::lifecycle::status_now(&sub, &plan, &settings, now),
+            ..sub
         };
         let sealed = self
             .key()
@@ -345,6 +435,14 @@ impl Db {
             .bind(now.as_millis())
             .push(", ")
             .bind(now.as_millis())
+            .push(", 0, 'created', ")
+            .bind(now.as_millis())
+            .push(", ")
+            .bind(sub.contact.name.clone())
+            .push(", ")
+            .bind(sub.contact.email.clone())
+            .push(", ")
+            .bind(sub.contact.phone.clone())
             .push(")");
         q.execute(&mut *tx).await.map_err(unique_as(format!(
             "the router already has a {} account named {:?}",
@@ -358,12 +456,14 @@ impl Db {
             agents: BTreeSet::new(),
         };
         let generation = change.touch(&mut tx, sub.router_id).await?;
+        let settings = super::lifecycle::tenant_settings(&mut tx, sub.tenant_id).await?;
         change
             .upsert(
                 &mut tx,
                 &sub,
                 &new.password,
                 &plan,
+                &settings,
                 generation,
                 Priority::Critical,
             )
@@ -380,6 +480,8 @@ impl Db {
             &params,
         )
         .await?;
+        super::lifecycle::record_staff_transition(&mut tx, &sub, "created", &staff.actor, now)
+            .await?;
         tx.commit().await?;
         self.notify(change.agents);
         Ok(sub)
@@ -487,7 +589,8 @@ impl Db {
             super::plans::load(tx, &staff.scope, patch.plan_id.unwrap_or(before.plan_id)).await?;
         check_same_tenant(router.tenant_id, &plan)?;
         let password = patch.password.clone().unwrap_or(old_password);
-        let after = Subscriber {
+        let settings = super::lifecycle::tenant_settings(tx, before.tenant_id).await?;
+        let mut after = Subscriber {
             router_id,
             plan_id: plan.id,
             username: patch
@@ -496,9 +599,42 @@ impl Db {
                 .unwrap_or_else(|| before.username.clone()),
             service: patch.service.unwrap_or(before.service),
             expires_at: patch.expires_at.unwrap_or(before.expires_at),
+            contact: Contact {
+                name: patch
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| before.contact.name.clone()),
+                email: patch
+                    .email
+                    .clone()
+                    .unwrap_or_else(|| before.contact.email.clone()),
+                phone: patch
+                    .phone
+                    .clone()
+                    .unwrap_or_else(|| before.contact.phone.clone()),
+            },
             updated_at: now,
             ..before.clone()
         };
+        // A new expiry (or plan terms) can move the subscriber to another phase: a later
+        // expiry in grace or suspension is a renewal.
+        let status = if after.hold {
+            SubscriberStatus::Suspended
+        } else {
+            super::lifecycle::status_now(&after, &plan, &settings, now)
+        };
+        if status != before.status {
+            after.status = status;
+            after.status_reason = Some(
+                if status == SubscriberStatus::Active {
+                    "renewal"
+                } else {
+                    "expiry"
+                }
+                .into(),
+            );
+            after.status_at = Some(now);
+        }
         let mut q = Sql::new("UPDATE subscribers SET router_id = ");
         q.bind(after.router_id.to_string())
             .push(", plan_id = ")
@@ -509,6 +645,18 @@ impl Db {
             .bind(after.service.as_str().to_owned())
             .push(", expires_at = ")
             .bind(after.expires_at.map(UnixMillis::as_millis))
+            .push(", name = ")
+            .bind(after.contact.name.clone())
+            .push(", email = ")
+            .bind(after.contact.email.clone())
+            .push(", phone = ")
+            .bind(after.contact.phone.clone())
+            .push(", status = ")
+            .bind(after.status.as_str().to_owned())
+            .push(", status_reason = ")
+            .bind(after.status_reason.clone())
+            .push(", status_at = ")
+            .bind(after.status_at.map(UnixMillis::as_millis))
             .push(", updated_at = ")
             .bind(now.as_millis());
         if let Some(pw) = &patch.password {
@@ -544,27 +692,38 @@ impl Db {
         } else {
             change.touch(tx, after.router_id).await?
         };
-        let account_changed =
-            key_changed || patch.password.is_some() || before.plan_id != after.plan_id;
+        let status_changed = before.status != after.status;
+        let account_changed = key_changed
+            || patch.password.is_some()
+            || before.plan_id != after.plan_id
+            || status_changed;
         if account_changed {
             change
-                .upsert(tx, &after, &password, &plan, generation, Priority::Normal)
-                .await?;
-        }
-        if before.plan_id != after.plan_id && !key_changed {
-            let op = JobOp::DisconnectSession {
-                account: compile::account(&after),
-            };
-            change
-                .job(
+                .upsert(
                     tx,
-                    after.router_id,
-                    job_key(id, &op, after.router_id, generation),
-                    Priority::Normal,
-                    op,
+                    &after,
+                    &password,
+                    &plan,
+                    &settings,
                     generation,
+                    Priority::Normal,
                 )
                 .await?;
+        }
+        if (before.plan_id != after.plan_id || status_changed) && !key_changed {
+            change
+                .disconnect(tx, &after, generation, Priority::Normal)
+                .await?;
+        }
+        if status_changed {
+            super::lifecycle::record_staff_transition(
+                tx,
+                &after,
+                after.status_reason.as_deref().unwrap_or("expiry"),
+                &staff.actor,
+                now,
+            )
+            .await?;
         }
         let mut params = params_of(&after);
         if let Some(pw) = &patch.password {
@@ -670,8 +829,13 @@ impl Db {
         Ok(after)
     }
 
-    /// Suspends or resumes a subscriber inside `tx`; returns the agents to wake once it
-    /// commits (none when the status was already `status`).
+    /// Suspends (puts on hold) or resumes a subscriber inside `tx`; returns the agents to
+    /// wake once it commits (none when it already was so).
+    ///
+    /// A manual suspension holds until staff resume: the account is suspended the tenant's
+    /// way (disabled, or moved to the suspended profile) whatever its expiry says. Resuming
+    /// lifts the hold; the subscriber is then in whatever phase its expiry gives it (active,
+    /// or grace or suspended if it expired meanwhile; a renewal restores it).
     pub(crate) async fn set_status_in(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -680,22 +844,38 @@ impl Db {
         status: SubscriberStatus,
     ) -> Result<(Subscriber, BTreeSet<AgentId>), DbError> {
         let now = self.now();
-        let (before, _) = self.load_subscriber(tx, &staff.scope, id).await?;
-        if before.status == status {
+        let (before, password) = self.load_subscriber(tx, &staff.scope, id).await?;
+        let hold = status == SubscriberStatus::Suspended;
+        if before.hold == hold {
             return Ok((before, BTreeSet::new()));
         }
+        let plan = super::plans::load(tx, &staff.scope, before.plan_id).await?;
+        let settings = super::lifecycle::tenant_settings(tx, before.tenant_id).await?;
+        let mut after = Subscriber {
+            hold,
+            status_reason: Some(if hold { "manual" } else { "resume" }.into()),
+            status_at: Some(now),
+            updated_at: now,
+            ..before
+        };
+        after.status = if hold {
+            SubscriberStatus::Suspended
+        } else {
+            super::lifecycle::status_now(&after, &plan, &settings, now)
+        };
         let mut q = Sql::new("UPDATE subscribers SET status = ");
-        q.bind(status.as_str().to_owned())
+        q.bind(after.status.as_str().to_owned())
+            .push(", hold = ")
+            .bind(i64::from(hold))
+            .push(", status_reason = ")
+            .bind(after.status_reason.clone())
+            .push(", status_at = ")
+            .bind(now.as_millis())
             .push(", updated_at = ")
             .bind(now.as_millis())
             .push(" WHERE id = ")
             .bind(id.to_string());
         q.execute(&mut **tx).await?;
-        let after = Subscriber {
-            status,
-            updated_at: now,
-            ..before
-        };
         let mut change = Change {
             db: self,
             tenant: after.tenant_id,
@@ -703,26 +883,29 @@ impl Db {
             agents: BTreeSet::new(),
         };
         let generation = change.touch(tx, after.router_id).await?;
-        let account = compile::account(&after);
-        let ops = match status {
-            SubscriberStatus::Suspended => vec![
-                JobOp::Disable {
-                    account: account.clone(),
-                },
-                JobOp::DisconnectSession { account },
-            ],
-            SubscriberStatus::Active => vec![JobOp::Enable { account }],
+        change
+            .upsert(
+                tx,
+                &after,
+                &password,
+                &plan,
+                &settings,
+                generation,
+                Priority::Critical,
+            )
+            .await?;
+        change
+            .disconnect(tx, &after, generation, Priority::Critical)
+            .await?;
+        let action = if hold {
+            "subscriber.suspend"
+        } else {
+            "subscriber.resume"
         };
-        for op in ops {
-            let key = job_key(id, &op, after.router_id, generation);
-            change
-                .job(tx, after.router_id, key, Priority::Critical, op, generation)
-                .await?;
-        }
-        let action = match status {
-            SubscriberStatus::Suspended => "subscriber.suspend",
-            SubscriberStatus::Active => "subscriber.resume",
-        };
+        let mut params = params_of(&after);
+        params
+            .insert("reason", if hold { "manual" } else { "resume" })
+            .insert("status", after.status.as_str());
         audit_staff(
             tx,
             now,
@@ -730,7 +913,15 @@ impl Db {
             Some(after.router_id),
             &staff.actor,
             action,
-            &params_of(&after),
+            &params,
+        )
+        .await?;
+        super::lifecycle::record_staff_transition(
+            tx,
+            &after,
+            if hold { "manual" } else { "resume" },
+            &staff.actor,
+            now,
         )
         .await?;
         Ok((after, change.agents))

@@ -317,6 +317,22 @@ fn all_records() -> Vec<(String, OutboxRecord)> {
                 at: T0,
             }),
         ),
+        (
+            "record/lifecycle".into(),
+            OutboxRecord::Lifecycle(LifecycleReport {
+                router_id: router(),
+                generation: 12,
+                at: T0,
+                transitions: vec![LifecycleTransition {
+                    subscriber_id: subscriber(),
+                    account: alice(),
+                    phase: LifecyclePhase::Grace,
+                    expires_at: T0,
+                    due_at: T0,
+                }],
+                error: Some(error()),
+            }),
+        ),
     ]
 }
 

@@ -629,6 +629,39 @@ fn apply_report() -> impl Strategy<Value = ApplyReport> {
         })
 }
 
+fn lifecycle_report() -> impl Strategy<Value = LifecycleReport> {
+    let phase = prop_oneof![
+        Just(LifecyclePhase::Active),
+        Just(LifecyclePhase::Grace),
+        Just(LifecyclePhase::Suspended)
+    ];
+    let transition = (subscriber_id(), account(), phase, time(), time()).prop_map(
+        |(subscriber_id, account, phase, expires_at, due_at)| LifecycleTransition {
+            subscriber_id,
+            account,
+            phase,
+            expires_at,
+            due_at,
+        },
+    );
+    (
+        router_id(),
+        any::<u64>(),
+        time(),
+        vec(transition, 0..3),
+        of(error_info()),
+    )
+        .prop_map(
+            |(router_id, generation, at, transitions, error)| LifecycleReport {
+                router_id,
+                generation,
+                at,
+                transitions,
+                error,
+            },
+        )
+}
+
 pub fn outbox_record() -> impl Strategy<Value = OutboxRecord> {
     prop_oneof![
         audit().prop_map(OutboxRecord::Audit),
@@ -637,6 +670,7 @@ pub fn outbox_record() -> impl Strategy<Value = OutboxRecord> {
         job_update().prop_map(OutboxRecord::JobUpdate),
         apply_report().prop_map(OutboxRecord::Applied),
         progress().prop_map(OutboxRecord::Progress),
+        lifecycle_report().prop_map(OutboxRecord::Lifecycle),
         drop_reason().prop_map(OutboxRecord::dropped),
     ]
 }

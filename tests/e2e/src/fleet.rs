@@ -565,6 +565,13 @@ impl Agent {
     /// Starts `run` on its own thread and runtime.
     #[must_use]
     pub fn start(&self) -> RunningAgent {
+        self.start_with_clock(Arc::new(tikfleet_agent::clock::SystemClock))
+    }
+
+    /// Starts `run` on `clock` (e.g. the controller's manual clock, so one test moves the
+    /// time of both).
+    #[must_use]
+    pub fn start_with_clock(&self, clock: SharedClock) -> RunningAgent {
         let cli = self.cli(&["run"]);
         let output = Output::default();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -578,9 +585,14 @@ impl Agent {
                     .enable_all()
                     .build()
                     .expect("a runtime");
-                let result = runtime.block_on(run_local(&cli, &mut out, async {
-                    let _ = stopped.await;
-                }));
+                let result = runtime.block_on(tikfleet_agent::cli::run_local_with_clock(
+                    &cli,
+                    &mut out,
+                    async {
+                        let _ = stopped.await;
+                    },
+                    clock,
+                ));
                 let _ = done_tx.send(result.map_err(|e| e.to_string()));
             })
             .expect("the agent's thread");
@@ -620,11 +632,17 @@ impl Sim {
     /// `n` routers (admin/admin); clients that lose their session redial only after a
     /// minute, so a disconnect stays visible.
     pub async fn start(n: usize) -> Self {
+        Self::start_version(n, "7.16.2").await
+    }
+
+    /// [`Sim::start`] simulating RouterOS `version` (`7.16.2`, `6.49.10`, …).
+    pub async fn start_version(n: usize, version: &str) -> Self {
         let running = tikfleet_sim::start(tikfleet_sim::Config {
             routers: n,
             redial: Duration::from_secs(60),
             ssh: None,
             api_ssl: None,
+            version: version.to_owned(),
             ..tikfleet_sim::Config::local()
         })
         .await

@@ -1,4 +1,4 @@
-//! Lifecycle phases on the agent: the state a router should have *now*.
+//! Lifecycle phases: the state a router should have *now*.
 //!
 //! A desired state carries each subscriber's expiry and end of grace
 //! ([`SubscriberLifecycle`]), so the agent moves accounts to the grace profile at expiry and
@@ -19,8 +19,10 @@
 //! Every change of profile or of the disabled flag disconnects the account's sessions (the
 //! pass does), so the new terms apply at once.
 
-use tikfleet_shared::UnixMillis;
-use tikfleet_shared::domain::{
+use std::collections::HashMap;
+
+use crate::UnixMillis;
+use crate::domain::{
     AccountKind, AddressListEntry, DesiredState, LifecyclePhase, SubscriberLifecycle,
 };
 
@@ -28,15 +30,19 @@ use tikfleet_shared::domain::{
 #[must_use]
 pub fn effective(state: &DesiredState, now: UnixMillis) -> DesiredState {
     let mut out = state.clone();
+    if state.lifecycles.is_empty() {
+        return out;
+    }
+    let mut accounts = Accounts::new(&out);
     for l in &state.lifecycles {
         match l.phase_at(now) {
             LifecyclePhase::Active => {}
             LifecyclePhase::Grace => {
                 if let Some(profile) = &l.grace_profile {
-                    set_profile(&mut out, l, profile);
+                    accounts.set_profile(&mut out, l, profile);
                 }
             }
-            LifecyclePhase::Suspended => suspend(&mut out, l),
+            LifecyclePhase::Suspended => accounts.suspend(&mut out, l),
         }
     }
     out
@@ -52,67 +58,92 @@ pub fn next_transition(state: &DesiredState, now: UnixMillis) -> Option<UnixMill
         .min()
 }
 
-fn set_profile(state: &mut DesiredState, l: &SubscriberLifecycle, profile: &str) {
-    let name = &l.account.name;
-    match l.account.kind {
-        AccountKind::Ppp => {
-            for s in state.ppp_secrets.iter_mut().filter(|s| &s.name == name) {
-                s.profile = profile.to_owned();
-            }
-        }
-        AccountKind::Hotspot => {
-            for u in state.hotspot_users.iter_mut().filter(|u| &u.name == name) {
-                u.profile = profile.to_owned();
-            }
-        }
-    }
+/// Where each account sits in a state's lists, so applying thousands of lifecycles is
+/// linear.
+struct Accounts {
+    ppp: HashMap<String, Vec<usize>>,
+    hotspot: HashMap<String, Vec<usize>>,
+    entries: std::collections::HashSet<(String, String)>,
 }
 
-fn suspend(state: &mut DesiredState, l: &SubscriberLifecycle) {
-    let name = &l.account.name;
-    match &l.suspended_profile {
-        Some(profile) => set_profile(state, l, profile),
-        None => match l.account.kind {
-            AccountKind::Ppp => {
-                for s in state.ppp_secrets.iter_mut().filter(|s| &s.name == name) {
-                    s.disabled = true;
-                }
-            }
-            AccountKind::Hotspot => {
-                for u in state.hotspot_users.iter_mut().filter(|u| &u.name == name) {
-                    u.disabled = true;
-                }
-            }
-        },
+impl Accounts {
+    fn new(state: &DesiredState) -> Self {
+        let mut ppp: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in state.ppp_secrets.iter().enumerate() {
+            ppp.entry(s.name.clone()).or_default().push(i);
+        }
+        let mut hotspot: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, u) in state.hotspot_users.iter().enumerate() {
+            hotspot.entry(u.name.clone()).or_default().push(i);
+        }
+        let entries = state
+            .address_list_entries
+            .iter()
+            .map(|e| (e.list.clone(), e.address.clone()))
+            .collect();
+        Self {
+            ppp,
+            hotspot,
+            entries,
+        }
     }
-    let Some(list) = &l.suspended_address_list else {
-        return;
-    };
-    if l.account.kind != AccountKind::Ppp {
-        return;
-    }
-    let addresses: Vec<String> = state
-        .ppp_secrets
-        .iter()
-        .filter(|s| &s.name == name)
-        .filter_map(|s| s.remote_address.clone())
-        .collect();
-    for address in addresses {
-        let entry = AddressListEntry {
-            list: list.clone(),
-            address,
-            comment: Some(format!("suspended {name}")),
+
+    fn of(&self, l: &SubscriberLifecycle) -> &[usize] {
+        let map = match l.account.kind {
+            AccountKind::Ppp => &self.ppp,
+            AccountKind::Hotspot => &self.hotspot,
         };
-        if !state.address_list_entries.contains(&entry) {
-            state.address_list_entries.push(entry);
+        map.get(&l.account.name).map_or(&[], Vec::as_slice)
+    }
+
+    fn set_profile(&self, state: &mut DesiredState, l: &SubscriberLifecycle, profile: &str) {
+        for &i in self.of(l) {
+            match l.account.kind {
+                AccountKind::Ppp => profile.clone_into(&mut state.ppp_secrets[i].profile),
+                AccountKind::Hotspot => profile.clone_into(&mut state.hotspot_users[i].profile),
+            }
+        }
+    }
+
+    fn suspend(&mut self, state: &mut DesiredState, l: &SubscriberLifecycle) {
+        match &l.suspended_profile {
+            Some(profile) => self.set_profile(state, l, profile),
+            None => {
+                for &i in self.of(l) {
+                    match l.account.kind {
+                        AccountKind::Ppp => state.ppp_secrets[i].disabled = true,
+                        AccountKind::Hotspot => state.hotspot_users[i].disabled = true,
+                    }
+                }
+            }
+        }
+        let Some(list) = &l.suspended_address_list else {
+            return;
+        };
+        if l.account.kind != AccountKind::Ppp {
+            return;
+        }
+        let addresses: Vec<String> = self
+            .of(l)
+            .iter()
+            .filter_map(|&i| state.ppp_secrets[i].remote_address.clone())
+            .collect();
+        for address in addresses {
+            if self.entries.insert((list.clone(), address.clone())) {
+                state.address_list_entries.push(AddressListEntry {
+                    list: list.clone(),
+                    address,
+                    comment: Some(format!("suspended {}", l.account.name)),
+                });
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tikfleet_shared::domain::{AccountRef, PppSecret, PppService};
-    use tikfleet_shared::{RouterId, Secret, SubscriberId, TenantId};
+    use crate::domain::{AccountRef, PppSecret, PppService};
+    use crate::{RouterId, Secret, SubscriberId, TenantId};
 
     use super::*;
 
