@@ -663,8 +663,8 @@ async fn plans_subscribers_and_the_jobs_they_queue() {
         "the router already has alice"
     );
 
-    // Suspend: the account as suspended (disabled, the tenant's default) and a disconnect,
-    // both critical; twice changes nothing.
+    // Suspend (the tenant's default: disable): disable and disconnect, both critical; twice
+    // changes nothing.
     let before = jobs_of(&app, &t.viewer, &rid).await.len();
     let (st, v) = app
         .post_empty(&t.operator, &format!("/api/v1/subscribers/{sid}/suspend"))
@@ -676,10 +676,7 @@ async fn plans_subscribers_and_the_jobs_they_queue() {
     app.post_empty(&t.operator, &format!("/api/v1/subscribers/{sid}/suspend"))
         .await;
     let jobs = jobs_of(&app, &t.viewer, &rid).await;
-    assert_eq!(
-        kinds(&jobs[before..]),
-        ["upsert_ppp_secret", "disconnect_session"]
-    );
+    assert_eq!(kinds(&jobs[before..]), ["disable", "disconnect_session"]);
     assert!(jobs[before..].iter().all(|j| j["priority"] == "critical"));
     let (st, v) = app
         .post_empty(&t.operator, &format!("/api/v1/subscribers/{sid}/resume"))
@@ -687,7 +684,7 @@ async fn plans_subscribers_and_the_jobs_they_queue() {
     assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("active")));
     assert_eq!(
         kinds(&jobs_of(&app, &t.viewer, &rid).await[before + 2..]),
-        ["upsert_ppp_secret", "disconnect_session"]
+        ["enable"]
     );
 
     // A new plan: the profile, the secret on it, and a disconnect so the session takes it.

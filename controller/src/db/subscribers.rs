@@ -883,20 +883,45 @@ impl Db {
             agents: BTreeSet::new(),
         };
         let generation = change.touch(tx, after.router_id).await?;
-        change
-            .upsert(
-                tx,
-                &after,
-                &password,
-                &plan,
-                &settings,
-                generation,
-                Priority::Critical,
-            )
-            .await?;
-        change
-            .disconnect(tx, &after, generation, Priority::Critical)
-            .await?;
+        // In disable mode a hold is the account disabled on its plan's profile: disable (and
+        // drop its sessions) to hold, enable to resume when nothing else changed. Otherwise
+        // the account as it should be now, and a disconnect so it applies.
+        let account = compile::account(&after);
+        let disable_mode = settings.with(&plan.lifecycle).suspension_mode
+            == crate::lifecycle::SuspensionMode::Disable;
+        let ops = match (hold, disable_mode, after.status) {
+            (true, true, _) => Some(vec![
+                JobOp::Disable {
+                    account: account.clone(),
+                },
+                JobOp::DisconnectSession { account },
+            ]),
+            (false, true, SubscriberStatus::Active) => Some(vec![JobOp::Enable { account }]),
+            _ => None,
+        };
+        if let Some(ops) = ops {
+            for op in ops {
+                let key = job_key(id, &op, after.router_id, generation);
+                change
+                    .job(tx, after.router_id, key, Priority::Critical, op, generation)
+                    .await?;
+            }
+        } else {
+            change
+                .upsert(
+                    tx,
+                    &after,
+                    &password,
+                    &plan,
+                    &settings,
+                    generation,
+                    Priority::Critical,
+                )
+                .await?;
+            change
+                .disconnect(tx, &after, generation, Priority::Critical)
+                .await?;
+        }
         let action = if hold {
             "subscriber.suspend"
         } else {
