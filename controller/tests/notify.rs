@@ -44,13 +44,12 @@ fn s(v: &Value, k: &str) -> String {
         .to_owned()
 }
 
-/// The settings the tests use: plain SMTP to aiosmtpd, the receiver's `/sms` as gateway and
-/// `/alerts` as webhook, and an expiry template that shows every variable.
+/// The settings the tests use: plain SMTP without AUTH to aiosmtpd, the receiver's `/sms` as
+/// gateway and `/alerts` as webhook, and an expiry template that shows every variable.
 fn settings(smtp: &SmtpServer, hook: &Receiver) -> Value {
     json!({
         "smtp": {
             "host": "127.0.0.1", "port": smtp.port, "tls": "none",
-            "username": "mailer", "password": SMTP_PASSWORD,
             "from": "Acme ISP <billing@acme.example>",
         },
         "sms": {
@@ -522,6 +521,11 @@ async fn the_settings_api_hides_secrets_checks_templates_and_keeps_tenants_apart
         let e = env("settings").await;
         let app = &e.app;
         let path = format!("/api/v1/tenants/{}/notifications", e.tenant.id);
+        let mut with_auth = settings(&e.smtp, &e.hook);
+        with_auth["smtp"]["username"] = json!("mailer");
+        with_auth["smtp"]["password"] = json!(SMTP_PASSWORD);
+        let (st, v) = app.put(&e.tenant.operator, &path, with_auth).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
 
         // Viewers read; no secret is shown.
         let (st, v) = app.get(&e.tenant.viewer, &path).await;
@@ -563,13 +567,14 @@ async fn the_settings_api_hides_secrets_checks_templates_and_keeps_tenants_apart
             )
             .await;
         let items = audit["items"].as_array().unwrap();
-        assert_eq!(items.len(), 1, "{audit}");
+        assert_eq!(items.len(), 2, "{audit}");
         let text = audit.to_string();
         assert!(
             !text.contains(SMTP_PASSWORD) && !text.contains(API_KEY),
             "{text}"
         );
         assert_eq!(items[0]["params"]["sms_headers"], "X-Api-Key");
+        assert_eq!(items[1]["params"]["smtp_auth"], "set");
 
         // What GET answers goes back as it is, secrets kept.
         let (st, back) = app.put(&e.tenant.operator, &path, v.clone()).await;
@@ -577,6 +582,8 @@ async fn the_settings_api_hides_secrets_checks_templates_and_keeps_tenants_apart
         assert_eq!(back, v);
         let mut changed = v.clone();
         changed["smtp"]["password"] = Value::Null;
+        // aiosmtpd offers no AUTH: the test message below goes without.
+        changed["smtp"]["username"] = Value::Null;
         changed["sms"]["headers"] = json!({"Authorization": "Bearer other-secret"});
         let (st, after) = app.put(&app.admin, &path, changed).await;
         assert_eq!(st, StatusCode::OK, "{after}");
@@ -710,6 +717,45 @@ async fn the_settings_api_hides_secrets_checks_templates_and_keeps_tenants_apart
         assert!(v["smtp"].is_null() && v["sms"].is_null());
         assert_eq!(v["templates"]["custom"], json!([]));
         assert_eq!(v["alerts"], json!({"emails": [], "webhook_url": null}));
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn two_senders_over_one_database_send_each_notice_once() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let e = env("replicas").await;
+        for i in 0..6 {
+            e.subscriber(
+                &format!("user{i}"),
+                3 * DAY,
+                Some(&format!("user{i}@example.net")),
+                Some(&format!("+25470000010{i}")),
+            )
+            .await;
+        }
+        // A second controller: its own database handle over the same database.
+        let other = Db::open(
+            &e.app.t.url,
+            e.app.t.key.clone(),
+            Arc::new(e.app.t.clock.clone()) as Arc<dyn Clock>,
+        )
+        .await
+        .unwrap();
+        let a = e.notifier(&e.app.t.db);
+        let b = e.notifier(&other);
+        e.set_clock(DAY + MINUTE);
+        until("6 mails and 6 SMS", || async {
+            (e.smtp.messages().len() >= 6 && e.hook.requests("/sms").len() >= 6).then_some(())
+        })
+        .await;
+        settle(&a, &e.app.t.db).await;
+        settle(&b, &other).await;
+        assert_eq!(e.smtp.messages().len(), 6);
+        assert_eq!(e.hook.requests("/sms").len(), 6);
+        a.shutdown().await;
+        b.shutdown().await;
     })
     .await
     .expect("test timed out");

@@ -121,6 +121,10 @@ impl Api {
         self.send(reqwest::Method::GET, path, None).await
     }
 
+    async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
     /// Every item of a list endpoint, following cursors.
     async fn all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
         let mut items = Vec::new();
@@ -238,10 +242,21 @@ async fn populate(
             .await?;
         plan_ids.push(id(&plan)?);
     }
-    let expires = time::OffsetDateTime::now_utc() + time::Duration::days(30);
-    let expires = expires
-        .format(&time::format_description::well_known::Rfc3339)
-        .context("cannot format a time")?;
+    // A short grace and suspension to a "please renew" profile, so the first subscriber of
+    // each router, expiring three minutes from now, shows the whole lifecycle while the demo
+    // runs: grace at 3 minutes, suspended at 8 (`GET /subscribers/{id}/lifecycle`).
+    api.put(
+        &format!("/tenants/{tenant_id}/lifecycle"),
+        json!({"grace_period_secs": 300, "suspension_mode": "profile"}),
+    )
+    .await?;
+    let format = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .context("cannot format a time")
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let expires = format(now + time::Duration::days(30))?;
+    let expires_soon = format(now + time::Duration::minutes(3))?;
     let bar = indicatif::ProgressBar::new((args.routers * args.subscribers) as u64).with_style(
         indicatif::ProgressStyle::with_template("{msg:28} [{bar:30}] {pos}/{len}")
             .context("progress style")?
@@ -276,7 +291,7 @@ async fn populate(
                     "plan_id": plan_ids[j % plan_ids.len()],
                     "router_id": router_id,
                     "service": if hotspot { "hotspot" } else { "pppoe" },
-                    "expires_at": expires,
+                    "expires_at": if j == 0 { &expires_soon } else { &expires },
                 }),
             )
             .await?;
@@ -442,6 +457,13 @@ fn print_welcome(server: &Server, token: &str, sim: &tikfleet_sim::Running, args
     let _ = writeln!(
         out,
         "  curl -H 'Authorization: Bearer {token}' '{api}/api/v1/audit?format=csv'"
+    );
+    let _ = writeln!(
+        out,
+        "the first subscriber of each router (cust-1, cust-1001, ...) expires 3 minutes after the \
+         start: grace at 1M/1M, then suspended 5 minutes later (status in the subscriber list; \
+         history at /api/v1/subscribers/ID/lifecycle; renew with POST /api/v1/subscribers/ID/renew \
+         {{\"period_secs\": 2592000}})"
     );
     let _ = out.flush();
 }

@@ -840,7 +840,16 @@ impl HubStore for Db {
     ) -> anyhow::Result<u64> {
         for _ in 0..8 {
             match self.commit_records_once(agent, records).await {
-                Ok(Some(seq)) => return Ok(seq),
+                Ok(Some(seq)) => {
+                    // Lifecycle reports queue notices and alerts: send them now.
+                    if records
+                        .iter()
+                        .any(|(_, r)| matches!(r, OutboxRecord::Lifecycle(_)))
+                    {
+                        self.wake_notifier();
+                    }
+                    return Ok(seq);
+                }
                 Ok(None) => {}
                 // On PostgreSQL a concurrent commit of the same records can also lose on a
                 // unique index (an audit seq, an unresolved drift item) before it reaches

@@ -330,7 +330,7 @@ async fn failed_transitions(
         .push(")");
     q.execute(&mut **tx).await?;
     let subject = format!(
-        "tikfleet: {} lifecycle transition(s) failed on router {router_name}",
+        "{} lifecycle transition(s) failed on router {router_name}",
         report.transitions.len()
     );
     let body = format!(

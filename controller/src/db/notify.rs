@@ -331,6 +331,20 @@ fn gateway_body(
     )
 }
 
+/// The dedupe key of `kind`'s notice to `sub` through `channel`: one per subscriber, kind,
+/// expiry (a renewal starts a new series), notice day and channel.
+fn notice_key(sub: &Subscriber, kind: NoticeKind, channel: Channel) -> String {
+    format!(
+        "notice:{}:{}:{}:{}:{}",
+        sub.id,
+        kind.as_str(),
+        sub.expires_at
+            .map_or_else(|| "none".to_owned(), |e| e.as_millis().to_string()),
+        kind.days(),
+        channel.as_str()
+    )
+}
+
 /// Queues `kind`'s notice to `sub` on each channel it can be reached on (email when it has
 /// an address and the tenant an SMTP server; SMS when it has a phone number and the tenant
 /// an SMS gateway), rendered now with the tenant's template; returns the rows queued. A
@@ -361,17 +375,7 @@ pub(crate) async fn queue_notice(
     if channels.is_empty() {
         return Ok(0);
     }
-    let key = |channel: Channel| {
-        format!(
-            "notice:{}:{}:{}:{}:{}",
-            sub.id,
-            kind.as_str(),
-            sub.expires_at
-                .map_or_else(|| "none".to_owned(), |e| e.as_millis().to_string()),
-            kind.days(),
-            channel.as_str()
-        )
-    };
+    let key = |channel: Channel| notice_key(sub, kind, channel);
     // Rendering costs more than a lookup: skip it when every row exists (a rescan).
     let keys: Vec<String> = channels.iter().map(|(c, _)| key(*c)).collect();
     let existing = existing_keys(tx, sub.tenant_id, &keys).await?;
@@ -451,7 +455,8 @@ pub(crate) fn url_host(url: &str) -> String {
 /// Queues an admin alert of `tenant`: an email to each alert address (when the tenant has
 /// an SMTP server) and a JSON `POST` to its alert webhook (`{"subject","body","tenant",
 /// "tenant_name","router","key","at"}`); returns the rows queued. An alert with the same
-/// `dedupe_key` is queued once. Wake the sender after committing.
+/// `dedupe_key` is queued once. `subject` is one short line without a product prefix (the
+/// email's subject is `[tikfleet] {subject}`). Wake the sender after committing.
 ///
 /// # Errors
 /// The database failed or the tenant's stored settings do not decode.
@@ -1140,10 +1145,43 @@ impl Db {
         candidates: &[NoticeCandidate],
         now: UnixMillis,
     ) -> Result<usize, DbError> {
-        let due: Vec<(&NoticeCandidate, u32)> = candidates
+        let mut due: Vec<(&NoticeCandidate, u32)> = candidates
             .iter()
             .filter_map(|c| c.due(now).map(|d| (c, d)))
             .collect();
+        // Most scans find only notices already queued: tell them apart with one read,
+        // before taking the write lock.
+        let keys = |c: &NoticeCandidate, days_before: u32| {
+            let kind = NoticeKind::ExpiryNotice { days_before };
+            let mut keys = Vec::new();
+            if c.subscriber.contact.email.is_some() {
+                keys.push(notice_key(&c.subscriber, kind, Channel::Email));
+            }
+            if c.subscriber.contact.phone.is_some() {
+                keys.push(notice_key(&c.subscriber, kind, Channel::Sms));
+            }
+            keys
+        };
+        let mut wanted: BTreeMap<TenantId, Vec<String>> = BTreeMap::new();
+        for (c, d) in &due {
+            wanted
+                .entry(c.subscriber.tenant_id)
+                .or_default()
+                .extend(keys(c, *d));
+        }
+        let mut existing = std::collections::BTreeSet::new();
+        for (tenant, keys) in wanted {
+            if keys.is_empty() {
+                continue;
+            }
+            let mut q = Sql::new("SELECT dedupe_key FROM notifications WHERE tenant_id = ");
+            q.bind(tenant.to_string()).push(" AND dedupe_key IN ");
+            push_in(&mut q, keys);
+            for row in q.fetch_all(self.pool()).await? {
+                existing.insert(row.text("dedupe_key")?);
+            }
+        }
+        due.retain(|(c, d)| keys(c, *d).iter().any(|k| !existing.contains(k)));
         if due.is_empty() {
             return Ok(0);
         }

@@ -241,15 +241,36 @@ async fn deliver_due(
             match result {
                 Ok(()) => {
                     if db.record_sent(&n).await? {
-                        tracing::info!(notification = %n.id, tenant = %n.tenant_id, kind = %n.kind, channel = n.channel.as_str(), "notification sent");
+                        tracing::info!(
+                            notification = %n.id,
+                            tenant = %n.tenant_id,
+                            kind = %n.kind,
+                            channel = n.channel.as_str(),
+                            "notification sent"
+                        );
                     }
                 }
                 Err(e) => {
                     let status = db.record_failure(&n, &e.text, e.permanent).await?;
                     if status == NotificationStatus::Failed {
-                        tracing::warn!(notification = %n.id, tenant = %n.tenant_id, kind = %n.kind, channel = n.channel.as_str(), attempts = n.attempts, error = %e, "notification failed");
+                        tracing::warn!(
+                            notification = %n.id,
+                            tenant = %n.tenant_id,
+                            kind = %n.kind,
+                            channel = n.channel.as_str(),
+                            attempts = n.attempts,
+                            error = %e,
+                            "notification failed"
+                        );
                     } else {
-                        tracing::info!(notification = %n.id, tenant = %n.tenant_id, channel = n.channel.as_str(), attempts = n.attempts, error = %e, "notification attempt failed; will retry");
+                        tracing::info!(
+                            notification = %n.id,
+                            tenant = %n.tenant_id,
+                            channel = n.channel.as_str(),
+                            attempts = n.attempts,
+                            error = %e,
+                            "notification attempt failed; will retry"
+                        );
                     }
                 }
             }
