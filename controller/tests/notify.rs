@@ -7,19 +7,18 @@
 //! `TIKFLEET_TEST_DATABASE_URL` is set.
 
 mod common;
-mod notify_common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{START, Tenant, TestApp, error_code, spawn_app};
-use notify_common::{Receiver, SmtpServer, until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tikfleet_controller::api::validate::format_time;
 use tikfleet_controller::clock::Clock;
 use tikfleet_controller::db::Db;
 use tikfleet_controller::notify::Notifier;
+use tikfleet_peers::{Receiver, SmtpServer, until};
 use tikfleet_shared::{TenantId, UnixMillis};
 
 const DAY: i64 = 86_400_000;
@@ -151,7 +150,7 @@ impl Env {
         self.hook
             .requests("/sms")
             .iter()
-            .map(notify_common::Recorded::json)
+            .map(tikfleet_peers::Recorded::json)
             .filter(|j| j["to"] == phone)
             .collect()
     }
@@ -170,7 +169,7 @@ async fn settle(notifier: &Notifier, db: &Db) {
     }
 }
 
-async fn mails_to(smtp: &SmtpServer, to: &str, n: usize) -> Vec<notify_common::Mail> {
+async fn mails_to(smtp: &SmtpServer, to: &str, n: usize) -> Vec<tikfleet_peers::Mail> {
     until(&format!("{n} mails to {to}"), || async {
         let m = smtp.to(to);
         (m.len() >= n).then_some(m)

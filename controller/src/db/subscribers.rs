@@ -484,6 +484,10 @@ impl Db {
             .await?;
         tx.commit().await?;
         self.notify(change.agents);
+        // An expiry within the notice days gets its notice now, not at the next scan.
+        if sub.expires_at.is_some() {
+            self.wake_notifier();
+        }
         Ok(sub)
     }
 
@@ -566,6 +570,7 @@ impl Db {
         let (after, agents) = self.update_subscriber_in(&mut tx, staff, id, patch).await?;
         tx.commit().await?;
         self.notify(agents);
+        self.wake_notifier();
         Ok(after)
     }
 

@@ -681,6 +681,13 @@ impl Sim {
         stats.view(None, Instant::now()).by_path
     }
 
+    /// Connections router `i` was asked for, refused ones included.
+    #[must_use]
+    pub fn connections(&self, i: usize) -> u64 {
+        let router = self.running.router(i);
+        tikfleet_sim::router::lock(&router.stats).connections
+    }
+
     /// A subscriber's CPE dials in (PPPoE or hotspot) on router `i`.
     pub fn dial(&self, i: usize, service: &str, name: &str, password: &str) {
         let service = match service {

@@ -10,6 +10,14 @@
 //! log (reason `expiry`, actor the agent, each transition exactly once) agree with the
 //! router. Then a renewal made while the site is offline is applied as soon as the agent
 //! is back, and a renewal while connected restores the plan at once.
+//!
+//! Notices go to real local peers: an SMTP server (aiosmtpd) and an HTTP receiver standing
+//! in for the SMS gateway and the admin webhook. Each subscriber gets one expiry notice (the
+//! 1-day one: both notice moments had passed when it was created), one grace and one
+//! suspension notice — after the controller is back — and a renewal notice, by email and
+//! SMS. A router that refuses the agent when a subscriber's expiry comes raises one admin
+//! alert (email and webhook), however often the agent retries; when the router is back, the
+//! transition happens and its notice goes out.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,10 +30,13 @@ use tikfleet_e2e::fleet::{
     Agent, AgentSettings, Api, Controller, HubPath, SETTLE, Sim, add_router, eventually, plan,
     synced, within,
 };
+use tikfleet_peers::{Receiver, SmtpServer};
+use tikfleet_shared::UnixMillis;
 
 const MINUTE: u64 = 60_000;
 
-/// A subscriber expiring at `expires` (RFC 3339); returns its id.
+/// A subscriber expiring at `expires` (RFC 3339), reachable at `<name>@example.net` and
+/// by SMS; returns its id.
 async fn subscriber(
     api: &Api,
     router: &str,
@@ -40,12 +51,54 @@ async fn subscriber(
         json!({
             "username": name, "password": format!("{name}-pw"), "plan_id": plan,
             "router_id": router, "service": service, "expires_at": expires,
+            "name": name.to_uppercase(), "email": format!("{name}@example.net"),
+            "phone": phone(name),
         }),
     )
     .await["id"]
         .as_str()
         .expect("subscriber id")
         .to_owned()
+}
+
+fn phone(name: &str) -> String {
+    format!("+2547000000{:02}", name.len())
+}
+
+/// Emails to `to` whose subject contains `what`.
+fn mails(smtp: &SmtpServer, to: &str, what: &str) -> usize {
+    smtp.to(to)
+        .iter()
+        .filter(|m| m.header("subject").contains(what))
+        .count()
+}
+
+/// SMS to `phone` whose text contains `what`.
+fn texts(gateway: &Receiver, phone: &str, what: &str) -> usize {
+    gateway
+        .requests("/sms")
+        .iter()
+        .map(tikfleet_peers::Recorded::json)
+        .filter(|b| b["to"] == phone && b["text"].as_str().unwrap_or("").contains(what))
+        .count()
+}
+
+/// Waits until `to` has exactly `n` emails about `what` and the same number of texts.
+async fn notified(smtp: &SmtpServer, gateway: &Receiver, name: &str, what: &str, n: usize) {
+    let to = format!("{name}@example.net");
+    eventually(
+        &format!("{n} \"{what}\" notice(s) to {name}"),
+        SETTLE,
+        || async {
+            let (m, t) = (mails(smtp, &to, what), texts(gateway, &phone(name), what));
+            assert!(
+                m <= n && t <= n,
+                "{name}: {m} mails, {t} texts about {what:?}: never more than {n}"
+            );
+            (m == n && t == n).then_some(())
+        },
+    )
+    .await;
 }
 
 fn menu_path(service: &str) -> &'static str {
@@ -111,6 +164,24 @@ async fn scenario(version: &str) {
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
+    let smtp = SmtpServer::start().await;
+    let gateway = Receiver::start().await;
+    let (st, v) = ops
+        .put(
+            &format!("/api/v1/tenants/{tenant}/notifications"),
+            json!({
+                "smtp": {"host": "127.0.0.1", "port": smtp.port, "tls": "none",
+                         "from": "Acme ISP <billing@acme.example>"},
+                "sms": {"url": gateway.url("/sms"), "method": "POST",
+                        "headers": {"Authorization": "Bearer sms-key"},
+                        "body_template": "{\"to\": {{ phone|tojson }}, \"text\": {{ message|tojson }}}",
+                        "content_type": "application/json"},
+                "templates": {},
+                "alerts": {"emails": ["noc@acme.example"], "webhook_url": gateway.url("/hook")},
+            }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
 
     let mut agent = Agent::new(&AgentSettings::default());
     agent.enroll(&ops, &tenant, "site-1").await;
@@ -138,6 +209,10 @@ async fn scenario(version: &str) {
         on_profile(&sim, service, name, "basic").await;
         sim.dial(0, service, name, &format!("{name}-pw"));
         assert!(online(&sim, service, name));
+    }
+    // Both notice moments (2 and 1 days ahead) have passed: only the 1-day notice goes out.
+    for (_, name, _) in subs {
+        notified(&smtp, &gateway, name, "expires on 2026-01-01", 1).await;
     }
     let profiles = sim.menu(0, "/ppp/profile");
     assert_eq!(profiles["tikfleet-grace"]["rate-limit"], "2M/2M");
@@ -227,6 +302,11 @@ async fn scenario(version: &str) {
     }
     let bob_v = lifecycle(&ops, &bob).await;
     assert_eq!(bob_v["subscriber"]["status"], "active");
+    for (_, name, _) in subs {
+        notified(&smtp, &gateway, name, "has expired", 1).await;
+        notified(&smtp, &gateway, name, "is suspended", 1).await;
+        notified(&smtp, &gateway, name, "expires on", 1).await;
+    }
 
     // A renewal while the site is offline is applied as soon as the agent is back.
     let out = running.stop().await.expect("the agent stops cleanly");
@@ -277,6 +357,76 @@ async fn scenario(version: &str) {
             .count(),
         2
     );
+    for (_, name, _) in subs {
+        notified(&smtp, &gateway, name, "is renewed", 1).await;
+    }
+
+    // Bob's expiry comes while the router refuses the agent: one admin alert, by email and
+    // webhook, however often the agent retries; no grace notice yet.
+    sim.faults(0, json!({"refuse": true, "drop_after": 1}));
+    // 2026-02-01T00:00:30Z, 30 s after bob's expiry (grace lasts an hour).
+    clock.set(UnixMillis(1_769_904_000_000 + 30_000));
+    // The jump ends the agent's link (no heartbeat for a month); its reconnect backoff runs
+    // on the clock, so move it along while waiting.
+    let hook = eventually("the admin webhook", SETTLE, || async {
+        clock.advance(Duration::from_millis(200));
+        let calls = gateway.requests("/hook");
+        (!calls.is_empty()).then(|| calls[0].json())
+    })
+    .await;
+    assert!(
+        hook["subject"]
+            .as_str()
+            .unwrap_or("")
+            .contains("failed on router core-1"),
+        "{hook}"
+    );
+    assert_eq!(hook["router"], router.as_str());
+    eventually("the alert email", SETTLE, || async {
+        clock.advance(Duration::from_millis(200));
+        (mails(&smtp, "noc@acme.example", "failed on router core-1") == 1).then_some(())
+    })
+    .await;
+    // The agent retries (5 s, 10 s, … on its clock) and fails the same way: nothing more.
+    let tried = sim.connections(0);
+    eventually("three more refused attempts", SETTLE, || async {
+        clock.advance(Duration::from_millis(2_000));
+        (sim.connections(0) >= tried + 3).then_some(())
+    })
+    .await;
+    assert_eq!(account(&sim, "pppoe", "bob")["profile"], "basic");
+    sim.faults(0, json!({"refuse": false, "drop_after": 0}));
+    eventually("bob in grace once the router is back", SETTLE, || async {
+        clock.advance(Duration::from_millis(5_000));
+        (account(&sim, "pppoe", "bob")
+            .get("profile")
+            .map(String::as_str)
+            == Some("tikfleet-grace"))
+        .then_some(())
+    })
+    .await;
+    notified(&smtp, &gateway, "bob", "has expired", 1).await;
+    assert_eq!(
+        gateway.requests("/hook").len(),
+        1,
+        "one alert for the incident"
+    );
+    assert_eq!(mails(&smtp, "noc@acme.example", "failed"), 1);
+    let audit = ops.audit().await;
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["action"] == "lifecycle.transition_failed"),
+        "the failure is audited"
+    );
+    // No secret in any request the gateway saw but its own header.
+    for r in gateway.requests("/sms") {
+        assert_eq!(
+            r.headers.get("authorization").map(String::as_str),
+            Some("Bearer sms-key")
+        );
+    }
+
     let out = running.stop().await.expect("the agent stops cleanly");
     assert!(out.contains("tikfleet-agent stopped:"), "{out}");
     ctl.stop().await;

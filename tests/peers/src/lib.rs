@@ -1,7 +1,7 @@
-//! Real local peers for the notification tests: an SMTP server (Python's aiosmtpd, storing
-//! each message in a maildir the test reads) and an HTTP receiver (axum) that records every
-//! request and answers with scripted statuses. Both listen on 127.0.0.1 only.
-#![allow(dead_code)]
+//! Real local peers for tests of what tikfleet sends out: an SMTP server (Python's aiosmtpd,
+//! storing each message in a maildir the test reads) and an HTTP receiver (axum) that records
+//! every request and answers with scripted statuses. Both listen on 127.0.0.1 only. The
+//! controller's notification tests and the end-to-end lifecycle tests share them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -19,7 +19,7 @@ pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("TIKFLEET_PYTHON") {
         return PathBuf::from(p);
     }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
     assert!(
         venv.exists(),
         "no Python with aiosmtpd: run the tests with scripts/test (it creates .venv), \
