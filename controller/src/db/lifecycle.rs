@@ -587,16 +587,7 @@ impl Db {
     ) -> Result<Subscriber, DbError> {
         let now = self.now();
         let mut tx = self.begin().await?;
-        let mut q = Sql::new("SELECT ");
-        q.push(super::subscribers::SUBSCRIBER_COLUMNS)
-            .push(" FROM subscribers WHERE id = ")
-            .bind(id.to_string());
-        staff.scope.filter(&mut q, "tenant_id");
-        let row = q
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(DbError::NotFound("subscriber"))?;
-        let (before, password) = super::subscribers::subscriber_with_password(self.key(), &row)?;
+        let (before, password) = self.load_subscriber(&mut tx, &staff.scope, id).await?;
         let expires_at =
             match renewal {
                 Renewal::Until(t) => t,
@@ -721,16 +712,7 @@ impl Db {
     ) -> Result<LifecycleView, DbError> {
         let now = self.now();
         let mut tx = self.begin().await?;
-        let mut q = Sql::new("SELECT ");
-        q.push(super::subscribers::SUBSCRIBER_COLUMNS)
-            .push(" FROM subscribers WHERE id = ")
-            .bind(id.to_string());
-        scope.filter(&mut q, "tenant_id");
-        let row = q
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(DbError::NotFound("subscriber"))?;
-        let sub = super::subscribers::subscriber(&row)?;
+        let (sub, _) = self.load_subscriber(&mut tx, scope, id).await?;
         let plan = super::plans::load(&mut tx, scope, sub.plan_id).await?;
         let tenant = tenant_settings(&mut tx, sub.tenant_id).await?;
         let settings = tenant.with(&plan.lifecycle);

@@ -535,7 +535,8 @@ impl Db {
         subscriber(&row)
     }
 
-    async fn load_subscriber(
+    /// A subscriber visible in `scope` and its password, inside `tx`.
+    pub(super) async fn load_subscriber(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         scope: &Scope,
