@@ -154,6 +154,9 @@ pub(crate) async fn ingest_report(
         return failed_transitions(tx, db, tenant, &actor, report, error).await;
     }
     let now = db.now();
+    let mut tenant_settings_cache: Option<LifecycleSettings> = None;
+    let mut plans: std::collections::HashMap<Uuid, (Plan, LifecycleSettings)> =
+        std::collections::HashMap::new();
     for chunk in report.transitions.chunks(200) {
         let mut q = Sql::new("SELECT ");
         q.push(super::subscribers::SUBSCRIBER_COLUMNS)
@@ -250,8 +253,20 @@ pub(crate) async fn ingest_report(
             )
             .await?;
             if current {
-                let plan = super::plans::load(tx, &Scope::Tenant(tenant), sub.plan_id).await?;
-                let settings = tenant_settings(tx, tenant).await?.with(&plan.lifecycle);
+                // Plans and settings once per report, not once per transition.
+                let tenant_settings = match &tenant_settings_cache {
+                    Some(s) => s,
+                    None => tenant_settings_cache.insert(tenant_settings(tx, tenant).await?),
+                };
+                let (plan, settings) = match plans.get(&sub.plan_id) {
+                    Some(p) => p,
+                    None => {
+                        let plan =
+                            super::plans::load(tx, &Scope::Tenant(tenant), sub.plan_id).await?;
+                        let settings = tenant_settings.with(&plan.lifecycle);
+                        plans.entry(sub.plan_id).or_insert((plan, settings))
+                    }
+                };
                 let kind = match t.phase {
                     LifecyclePhase::Grace => super::notify::NoticeKind::Grace,
                     _ => super::notify::NoticeKind::Suspended,
