@@ -223,6 +223,18 @@ async fn settings_and_plan_overrides_reach_the_desired_state() {
         .put(&b.tenant.operator, &path, json!({"grace_period_secs": 60}))
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "another tenant's settings");
+    let (st, v) = app
+        .post(
+            &a.tenant.operator,
+            "/api/v1/plans",
+            json!({"name": "slow", "profile": "tikfleet-grace", "rate_limit": "1M/1M"}),
+        )
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::BAD_REQUEST,
+        "a plan on the grace profile: {v}"
+    );
 
     // Set: fields left out take their defaults; notice days are sorted, deduplicated.
     let generation = state.generation;

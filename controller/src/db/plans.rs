@@ -111,6 +111,18 @@ impl Db {
         };
         let mut tx = self.begin().await?;
         self.tenant_visible(&mut tx, &staff.scope, tenant).await?;
+        // The lifecycle's own profiles are tikfleet's: a plan may not take their names.
+        let lifecycle = super::lifecycle::tenant_settings(&mut tx, tenant).await?;
+        let reserved = [
+            lifecycle.grace_profile.as_deref(),
+            Some(lifecycle.suspended_profile.as_str()),
+        ];
+        if reserved.contains(&Some(p.profile.as_str())) {
+            return Err(DbError::Invalid(format!(
+                "profile {:?} is the tenant's grace or suspended profile: choose another name",
+                p.profile
+            )));
+        }
         let mut q = Sql::new(
             "INSERT INTO plans (id, tenant_id, name, profile, rate_limit, created_at, updated_at) VALUES (",
         );
