@@ -86,6 +86,7 @@ struct Item {
 pub struct AuditLog {
     tx: mpsc::UnboundedSender<Item>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    metrics: Arc<std::sync::OnceLock<Arc<crate::metrics::AgentMetrics>>>,
 }
 
 impl std::fmt::Debug for Item {
@@ -102,11 +103,19 @@ impl AuditLog {
     #[must_use]
     pub fn start(outbox: Arc<Outbox>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(writer(outbox, rx));
+        let metrics = Arc::new(std::sync::OnceLock::new());
+        let task = tokio::spawn(writer(outbox, rx, Arc::clone(&metrics)));
         Self {
             tx,
             task: std::sync::Mutex::new(Some(task)),
+            metrics,
         }
+    }
+
+    /// Counts every record written from now on in `metrics`. Set once; later calls change
+    /// nothing.
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::AgentMetrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// An observer for the driver: one per client is fine, they share the FIFO.
@@ -240,7 +249,11 @@ impl CommandObserver for AuditObserver {
     }
 }
 
-async fn writer(outbox: Arc<Outbox>, mut rx: mpsc::UnboundedReceiver<Item>) {
+async fn writer(
+    outbox: Arc<Outbox>,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+    metrics: Arc<std::sync::OnceLock<Arc<crate::metrics::AgentMetrics>>>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut replies = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -248,6 +261,9 @@ async fn writer(outbox: Arc<Outbox>, mut rx: mpsc::UnboundedReceiver<Item>) {
         for item in batch.drain(..) {
             let res = match item.record {
                 Some(record) => {
+                    if let Some(m) = metrics.get() {
+                        m.observe(&record);
+                    }
                     let res = append(&outbox, record).await;
                     appended |= res.is_ok();
                     res

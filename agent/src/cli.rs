@@ -288,6 +288,7 @@ struct Local {
     store: Store,
     registry: Registry,
     identities: IdentityStore,
+    backup_passwords: crate::backup::BackupPasswords,
     clock: SharedClock,
 }
 
@@ -320,11 +321,13 @@ impl Local {
         let (key, _) = load_key(&KeySources::from_env(&config.data_dir))?;
         let registry = Registry::open(&store, Vault::new(&key))?;
         let identities = IdentityStore::open(&store, Vault::new(&key))?;
+        let backup_passwords = crate::backup::BackupPasswords::open(&store, Vault::new(&key))?;
         Ok(Self {
             config,
             store,
             registry,
             identities,
+            backup_passwords,
             clock: Arc::new(SystemClock),
         })
     }
@@ -436,9 +439,39 @@ async fn run_agent(
         crate::reconcile::ReconcileConfig::default(),
     ));
     executor.set_reconciler(Arc::clone(&reconciler));
+    executor.set_credentials(Arc::clone(&registry));
+    executor.set_backups(Arc::new(crate::backup::Backups::new(
+        local.backup_passwords.clone(),
+        Arc::new(crate::hostkeys::SledHostKeys::open(&local.store)?),
+        crate::ssh::SshConfig::default(),
+    )));
 
+    let metrics_outbox = Arc::clone(&outbox);
+    let metrics_registry = Arc::clone(&registry);
     let enrollment = local.identities.enrollment()?;
     let revoked = local.identities.uplink()?.revoked;
+    // Health probes: low priority beside the executor's jobs (crate::probe); not in a
+    // one-shot maintenance run.
+    let probes = &local.config.probes;
+    let prober = (probes.enabled && !exit_when_idle).then(|| {
+        crate::probe::Prober::new(
+            Arc::clone(&registry) as Arc<dyn crate::probe::ProbeTargets>,
+            Arc::new(executor.clone()),
+            Arc::clone(&outbox),
+            local.clock.clone(),
+            crate::probe::ProbeConfig {
+                interval: std::time::Duration::from_secs(probes.interval_secs.max(1)),
+                versions_every: std::time::Duration::from_secs(probes.versions_every_secs.max(60)),
+                driver: crate::routeros::DriverConfig {
+                    pool_size: 1,
+                    ..local.config.driver.driver_config()
+                },
+                data_dir: local.config.data_dir.clone(),
+                agent_id: enrollment.as_ref().map(|e| e.agent_id),
+                ..crate::probe::ProbeConfig::default()
+            },
+        )
+    });
     let (uplink, controller) = match (&enrollment, &revoked) {
         (None, _) => (None, "not enrolled with a controller".to_owned()),
         (Some(_), Some(reason)) => (
@@ -471,23 +504,48 @@ async fn run_agent(
             )
         }
     };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    // Prometheus metrics on loopback (crate::metrics); a port in use is a warning, not a
+    // reason not to run.
+    let metrics_cfg = &local.config.metrics;
+    let metrics_line = if metrics_cfg.enabled && !exit_when_idle {
+        let metrics = Arc::new(crate::metrics::AgentMetrics::new(Box::new(RunGauges {
+            queue: Arc::clone(&queue),
+            outbox: Arc::clone(&metrics_outbox),
+            routers: Arc::clone(&metrics_registry),
+        })));
+        executor.audit().set_metrics(Arc::clone(&metrics));
+        match crate::metrics::serve(metrics, metrics_cfg.listen, wait_stop(stopped.clone())).await {
+            Ok((addr, _task)) => format!(", metrics http://{addr}/metrics"),
+            Err(e) => {
+                tracing::warn!(listen = %metrics_cfg.listen, error = %e, "metrics endpoint not started");
+                format!(", metrics not served ({}: {e})", metrics_cfg.listen)
+            }
+        }
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "tikfleet-agent running: data {}, {controller}, {routers} router(s), {} job(s) waiting",
+        "tikfleet-agent running: data {}, {controller}, {routers} router(s), {} job(s) waiting{metrics_line}",
         local.config.data_dir.display(),
         counts.queued + counts.retrying + counts.running,
     )
     .map_err(write_err)?;
     out.flush().map_err(write_err)?;
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let run_reconciler = async {
         if !exit_when_idle {
             let connect: Arc<dyn crate::reconcile::Connect> = Arc::new(executor.clone());
             reconciler.run(connect, stopped.clone()).await;
+        }
+    };
+    let run_probes = async {
+        if let Some(prober) = &prober {
+            prober.run(stopped.clone()).await;
         }
     };
     let run_executor = async {
@@ -526,7 +584,8 @@ async fn run_agent(
             _ = rx.wait_for(|s| *s) => {}
         }
     };
-    let ((), uplink_end, (), ()) = tokio::join!(run_executor, run_uplink, signal, run_reconciler);
+    let ((), uplink_end, (), (), ()) =
+        tokio::join!(run_executor, run_uplink, signal, run_reconciler, run_probes);
     local.store.commit().await?;
     let counts = queue.counts();
     writeln!(
@@ -542,6 +601,36 @@ async fn run_agent(
     }
     out.flush().map_err(write_err)?;
     Ok(())
+}
+
+/// What the metrics read when scraped, in a running agent.
+struct RunGauges {
+    queue: Arc<Queue>,
+    outbox: Arc<crate::outbox::Outbox>,
+    routers: Arc<Registry>,
+}
+
+impl crate::metrics::Gauges for RunGauges {
+    fn jobs(&self) -> Vec<(&'static str, u64)> {
+        let c = self.queue.counts();
+        vec![
+            ("queued", c.queued),
+            ("running", c.running),
+            ("retrying", c.retrying),
+            ("succeeded", c.succeeded),
+            ("failed", c.failed),
+            ("cancelled", c.cancelled),
+        ]
+    }
+
+    fn outbox(&self) -> (u64, u64, u64, u64, u64) {
+        let s = self.outbox.stats();
+        (s.records, s.bytes, s.last_seq, s.acked, s.dropped_telemetry)
+    }
+
+    fn routers(&self) -> u64 {
+        self.routers.list().map_or(0, |l| l.len() as u64)
+    }
 }
 
 /// `enroll`: keys, the controller's answer, stored.

@@ -28,6 +28,11 @@
 //! [retry]
 //! max_attempts = 3
 //!
+//! [probes]
+//! interval_secs = 30                 # router health and host samples (telemetry)
+//! versions_every_secs = 86400        # RouterOS version, update check and firmware
+//! enabled = true
+//!
 //! [uplink]
 //! enabled = true                     # connect to the controller once enrolled
 //! reconnect_min_ms = 1000            # first reconnect step; doubles (with jitter) …
@@ -89,6 +94,53 @@ pub struct AgentConfig {
     /// The link to the controller.
     #[serde(default)]
     pub uplink: UplinkSection,
+    /// Health probes of the routers and the host.
+    #[serde(default)]
+    pub probes: ProbesSection,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`: Prometheus metrics at `http://<listen>/metrics`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve them at all.
+    pub enabled: bool,
+    /// Where; keep it on loopback (the endpoint has no authentication). Port 0 picks one.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// `[probes]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesSection {
+    /// Probe the routers and the host at all.
+    pub enabled: bool,
+    /// Seconds between probe rounds.
+    pub interval_secs: u64,
+    /// Seconds between version checks of a router (and on each new connection).
+    pub versions_every_secs: u64,
+}
+
+impl Default for ProbesSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_secs: 30,
+            versions_every_secs: 86_400,
+        }
+    }
 }
 
 /// `[uplink]`.
@@ -241,6 +293,8 @@ impl Default for AgentConfig {
             driver: DriverSection::default(),
             retry: RetrySection::default(),
             uplink: UplinkSection::default(),
+            probes: ProbesSection::default(),
+            metrics: MetricsSection::default(),
         }
     }
 }
@@ -295,6 +349,11 @@ mod tests {
         assert_eq!(c.limits.router_commands_per_second, 50);
         assert_eq!(c.store.max_bytes, Some(1000));
         assert!(c.tenant_id.is_some());
+        assert_eq!(c.probes.interval_secs, 30);
+        let p = AgentConfig::parse("[probes]\ninterval_secs = 10\n")
+            .expect("valid")
+            .probes;
+        assert_eq!((p.interval_secs, p.versions_every_secs), (10, 86_400));
     }
 
     #[test]

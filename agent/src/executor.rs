@@ -71,12 +71,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tikfleet_shared::job::{JobOp, JobStatus, JobUpdate, Progress};
 use tikfleet_shared::record::OutboxRecord;
-use tikfleet_shared::{ErrorClass, ErrorCode, ErrorInfo, JobId, RouterId, UnixMillis};
+use tikfleet_shared::{ErrorClass, ErrorCode, ErrorInfo, JobId, RouterId, TenantId, UnixMillis};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{JoinError, JoinSet};
 
 use crate::audit::{self, AuditLog};
+use crate::backup::Backups;
 use crate::clock::SharedClock;
+use crate::credentials;
 use crate::ops;
 use crate::outbox::Outbox;
 use crate::queue::{JobRecord, JobStore, Queue, SledJobStore};
@@ -218,6 +220,41 @@ impl Default for ExecutorConfig {
     }
 }
 
+/// What low-priority work beside the jobs (the [`probe`](crate::probe)s) asks the executor.
+pub trait Background: Send + Sync + 'static {
+    /// Takes `n` command tokens from the router's and the tenant's buckets, but only if no
+    /// job runs on (or waits for a slot or tokens of) `router` and the tokens are there now.
+    /// It never waits, so such work never holds up a job: `false` means skip this round.
+    fn try_background(&self, router: RouterId, tenant: TenantId, n: u32) -> bool;
+
+    /// Jobs waiting in the queue (queued or waiting to retry).
+    fn queued_jobs(&self) -> u64;
+}
+
+impl<S: JobStore + 'static> Background for Executor<S> {
+    fn try_background(&self, router: RouterId, tenant: TenantId, n: u32) -> bool {
+        let sh = &self.shared;
+        // A job holds one of the router's slots from the moment it is taken until it ends
+        // (including its wait for tokens), so all slots free means no job is at the router.
+        sh.limits.available(router) >= sh.config.per_router.max(1)
+            && sh
+                .rate
+                .try_acquire_n(router, tenant, n, sh.clock.now())
+                .is_ok()
+    }
+
+    fn queued_jobs(&self) -> u64 {
+        let c = self.shared.queue.counts();
+        c.queued + c.retrying
+    }
+}
+
+/// How long a restore waits for the rebooted router to answer.
+pub const RESTORE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How often a restore tries to log in to the rebooting router.
+pub const RESTORE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Commands a new connection sends: `/login` and the version read.
 pub const CONNECT_COMMANDS: u32 = 2;
 
@@ -239,13 +276,17 @@ pub const fn command_budget(op: &JobOp) -> u32 {
         | JobOp::DeleteProfile { .. }
         | JobOp::RemoveAddressListEntry { .. }
         | JobOp::DisconnectSession { .. } => 2,
+        // `/system/backup/save` (the export, download and removal go over SSH).
+        JobOp::BackupNow { .. } => 1,
+        // `/system/backup/load`, then the new connection's commands.
+        JobOp::Restore { .. } => 1 + CONNECT_COMMANDS,
+        // Stale users (print, removals), group (print, add or set), add, the new login's
+        // connect and version read, the old user's print and removal.
+        JobOp::RotateCredentials {} => 10,
+        // /user/active, /ip/service print, three sets, the fresh login, three rollbacks.
+        JobOp::Lockdown { .. } => 10,
         // Refused by ops::execute before any command (handled by other components).
-        JobOp::Reboot {}
-        | JobOp::BackupNow { .. }
-        | JobOp::Restore { .. }
-        | JobOp::RotateCredentials {}
-        | JobOp::DriftCheck {}
-        | JobOp::Enforce { .. } => 1,
+        JobOp::Reboot {} | JobOp::DriftCheck {} | JobOp::Enforce { .. } => 1,
     }
 }
 
@@ -277,6 +318,8 @@ struct Shared<S: JobStore> {
     rng: Mutex<StdRng>,
     heals: Mutex<HashMap<JobId, u32>>,
     reconciler: std::sync::OnceLock<Arc<Reconciler>>,
+    backups: std::sync::OnceLock<Arc<Backups>>,
+    credentials: std::sync::OnceLock<Arc<Registry>>,
 }
 
 /// The job executor. See the module documentation. Clones share one executor.
@@ -340,6 +383,8 @@ impl<S: JobStore + 'static> Executor<S> {
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
             heals: Mutex::new(HashMap::new()),
             reconciler: std::sync::OnceLock::new(),
+            backups: std::sync::OnceLock::new(),
+            credentials: std::sync::OnceLock::new(),
             config,
         };
         Self {
@@ -351,6 +396,18 @@ impl<S: JobStore + 'static> Executor<S> {
     /// invalid requests). Set once; later calls change nothing.
     pub fn set_reconciler(&self, reconciler: Arc<Reconciler>) {
         let _ = self.shared.reconciler.set(reconciler);
+    }
+
+    /// Runs `backup_now` jobs with `backups` (without it they fail as invalid requests).
+    /// Set once; later calls change nothing.
+    pub fn set_backups(&self, backups: Arc<Backups>) {
+        let _ = self.shared.backups.set(backups);
+    }
+
+    /// Runs `rotate_credentials` jobs against `registry`, which holds the routers' logins
+    /// (without it they fail as invalid requests). Set once; later calls change nothing.
+    pub fn set_credentials(&self, registry: Arc<Registry>) {
+        let _ = self.shared.credentials.set(registry);
     }
 
     /// The audit writer, for other components that send router commands (their records
@@ -548,6 +605,31 @@ impl<S: JobStore + 'static> Shared<S> {
             .acquire_n(router, tenant, command_budget(op), &*self.clock)
             .await;
         let res = match op {
+            JobOp::BackupNow { name } => self.backup(record, &client, name.as_deref()).await,
+            JobOp::Restore {
+                name,
+                backup_id,
+                data,
+                sha256,
+            } => {
+                let res = self
+                    .restore(record, &client, name, data.clone(), sha256)
+                    .await
+                    .map(|version| {
+                        let id = backup_id.as_deref().unwrap_or(name);
+                        (
+                            format!("restored backup {id}; the router is back, RouterOS {version}"),
+                            Progress { done: 4, total: 4 },
+                        )
+                    });
+                if res.is_err() {
+                    self.forget_client(router);
+                }
+                res
+            }
+            JobOp::RotateCredentials {} | JobOp::Lockdown { .. } => {
+                self.credentials_job(&client, op).await
+            }
             JobOp::DriftCheck {} | JobOp::Enforce { .. } => {
                 let Some(reconciler) = self.reconciler.get() else {
                     return Err(DriverError::new(
@@ -622,6 +704,161 @@ impl<S: JobStore + 'static> Shared<S> {
             self.forget_client(router);
         }
         res
+    }
+
+    /// A `rotate_credentials` or `lockdown` job ([`credentials`]), never during a pass.
+    async fn credentials_job(
+        &self,
+        client: &RouterOsClient,
+        op: &JobOp,
+    ) -> Result<(String, Progress), DriverError> {
+        let router = client.endpoint().id;
+        let _guard = match self.reconciler.get() {
+            Some(r) => Some(r.job_lock(router).await),
+            None => None,
+        };
+        let ctx = credentials::Context {
+            driver: self.config.driver.clone(),
+            clock: self.clock.clone(),
+            observer: Arc::new(self.audit.observer()),
+        };
+        let detail = match op {
+            JobOp::Lockdown { admin_networks } => {
+                credentials::lockdown(client, admin_networks, &ctx).await?
+            }
+            _ => {
+                let Some(registry) = self.credentials.get() else {
+                    return Err(DriverError::new(
+                        ErrorCode::InvalidRequest,
+                        "this agent is not set up to rotate router credentials",
+                    ));
+                };
+                let detail = credentials::rotate(client, registry, &ctx).await?;
+                // The cached client still logs in as the old user: reconnect.
+                self.forget_client(router);
+                detail
+            }
+        };
+        Ok((detail, Progress { done: 1, total: 1 }))
+    }
+
+    /// A `backup_now` job: takes the backup (progress after each of its four steps), then
+    /// puts its chunks into the outbox ahead of the job's final update.
+    async fn backup(
+        &self,
+        record: &JobRecord,
+        client: &RouterOsClient,
+        name: Option<&str>,
+    ) -> Result<(String, Progress), DriverError> {
+        let job = &record.job;
+        let Some(backups) = self.backups.get() else {
+            return Err(DriverError::new(
+                ErrorCode::InvalidRequest,
+                "this agent is not set up to take backups",
+            ));
+        };
+        const STEPS: u64 = 5;
+        let progress = |done: u64| self.progress(record, done, STEPS);
+        let file = crate::backup::file_name(name, job.id);
+        let taken = backups.take(client, &file, &progress).await?;
+        let at = self.clock.now();
+        for chunk in taken.chunks(job.id, job.router_id, at) {
+            self.audit.send(chunk).map_err(|e| {
+                DriverError::new(ErrorCode::Internal, format!("cannot queue the backup: {e}"))
+            })?;
+        }
+        self.audit.flush().await.map_err(|e| {
+            DriverError::new(ErrorCode::Internal, format!("cannot store the backup: {e}"))
+        })?;
+        Ok((
+            taken.detail(),
+            Progress {
+                done: STEPS,
+                total: STEPS,
+            },
+        ))
+    }
+
+    /// A `restore` job: uploads and loads the backup, then waits for the rebooted router
+    /// to answer a fresh login (on the executor's clock, up to [`RESTORE_WAIT`]) and
+    /// returns its RouterOS version.
+    async fn restore(
+        &self,
+        record: &JobRecord,
+        client: &RouterOsClient,
+        name: &str,
+        data: Vec<u8>,
+        sha256: &[u8],
+    ) -> Result<String, DriverError> {
+        const STEPS: u64 = 4;
+        let job = &record.job;
+        let Some(backups) = self.backups.get() else {
+            return Err(DriverError::new(
+                ErrorCode::InvalidRequest,
+                "this agent is not set up to restore backups",
+            ));
+        };
+        let progress = |done: u64| self.progress(record, done, STEPS);
+        // Never in the middle of a reconcile pass.
+        let _guard = match self.reconciler.get() {
+            Some(r) => Some(r.job_lock(job.router_id).await),
+            None => None,
+        };
+        backups
+            .restore(client, name, data, sha256, &progress)
+            .await?;
+        // The router reboots: the old connections are dead.
+        self.forget_client(job.router_id);
+        let deadline = self.clock.now().saturating_add(RESTORE_WAIT);
+        loop {
+            self.clock
+                .sleep_until(self.clock.now().saturating_add(RESTORE_POLL))
+                .await;
+            match self.client(job.router_id).await {
+                Ok(c) => {
+                    progress(3);
+                    return Ok(c.version().to_string());
+                }
+                Err(e) if self.clock.now() >= deadline => {
+                    return Err(DriverError::new(
+                        e.code(),
+                        format!(
+                            "the router did not come back after the restore: {}",
+                            e.message()
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    tracing::debug!(router = %job.router_id, error = %e, "waiting for the router after a restore");
+                    self.forget_client(job.router_id);
+                }
+            }
+        }
+    }
+
+    /// Reports a running job's progress (`done` of `total`), without waiting for a commit.
+    fn progress(&self, record: &JobRecord, done: u64, total: u64) {
+        let job = &record.job;
+        let now = self.clock.now();
+        let p = Progress { done, total };
+        log_queue(
+            job.id,
+            "progressed",
+            self.queue.set_progress(job.id, p, now),
+        );
+        let update = JobUpdate {
+            job_id: job.id,
+            router_id: job.router_id,
+            status: JobStatus::Running,
+            attempts: record.attempts,
+            progress: Some(p),
+            error: None,
+            detail: None,
+            at: now,
+        };
+        if let Err(e) = self.audit.send(OutboxRecord::JobUpdate(update)) {
+            tracing::debug!(error = %e, "job progress not recorded");
+        }
     }
 
     /// The router's client, connecting if there is none.

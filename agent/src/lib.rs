@@ -19,6 +19,8 @@
 //!   ordered, lossless pipe the executor's records share with them.
 //! - [`executor`]: runs queued jobs on routers: priorities, concurrency and rate limits,
 //!   retries with backoff, dead letters and self-healing, job updates.
+//! - [`backup`]: the `backup_now` job (text export and encrypted binary backup, sent to the
+//!   controller in outbox chunks) and the per-router backup passwords sealed by the vault.
 //! - [`hostkeys`]: SSH host keys pinned on first use, kept in the store.
 //! - [`ssh`]: the SSH driver (libssh2 in blocking tasks): `/export`, console commands, SFTP
 //!   file transfer, host keys pinned on first use.
@@ -32,15 +34,19 @@
 //! built (issue 4). The crate depends on no tikfleet crate but `tikfleet-shared`.
 
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub use tikfleet_clock as clock;
 pub mod config;
+pub mod credentials;
 pub mod desired;
 pub mod executor;
 pub mod hostkeys;
 pub mod identity;
+pub mod metrics;
 pub mod ops;
 pub mod outbox;
+pub mod probe;
 pub mod queue;
 pub mod ratelimit;
 pub mod reconcile;

@@ -174,6 +174,7 @@ pub async fn execute_with(
         | JobOp::BackupNow { .. }
         | JobOp::Restore { .. }
         | JobOp::RotateCredentials {}
+        | JobOp::Lockdown { .. }
         | JobOp::DriftCheck {}
         | JobOp::Enforce { .. } => Err(DriverError::new(
             ErrorCode::InvalidRequest,

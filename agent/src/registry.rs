@@ -94,6 +94,20 @@ struct StoredRouter {
     username: String,
     #[serde(with = "serde_bytes_vec")]
     sealed_password: Vec<u8>,
+    /// Set by a credential rotation: the user the login was given as (by a technician or the
+    /// controller). A controller update naming that user again keeps the rotated login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rotated_from: Option<String>,
+}
+
+/// A rotation in progress (`p` + 16 id bytes): the new user and its password sealed, written
+/// before the user is created on the router.
+#[derive(Serialize, Deserialize)]
+struct StoredPending {
+    v: u8,
+    username: String,
+    #[serde(with = "serde_bytes_vec")]
+    sealed_password: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -281,6 +295,7 @@ impl Registry {
             tls: (&router.tls).into(),
             username: router.username,
             sealed_password: sealed.as_bytes().to_vec(),
+            rotated_from: None,
         };
         let value = encode(&stored)?;
         let rkey = record_key(router.id);
@@ -441,6 +456,104 @@ impl Registry {
     }
 }
 
+fn pending_key(id: RouterId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17);
+    key.push(b'p');
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Credential rotation ([`credentials`](crate::credentials)): the in-progress record and the
+/// switch, each durable when it returns.
+impl Registry {
+    /// The rotation in progress for `id`: the new user and its password, if one was begun
+    /// and not finished or cleared.
+    pub fn pending_rotation(
+        &self,
+        id: RouterId,
+    ) -> Result<Option<(String, Secret)>, RegistryError> {
+        let Some(bytes) = self
+            .tree
+            .get(pending_key(id))
+            .map_err(|e| self.store.map_sled(e))?
+        else {
+            return Ok(None);
+        };
+        let pending: StoredPending =
+            rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                tree: TREE,
+                reason: format!("pending rotation: {e}"),
+            })?;
+        let password = self
+            .vault
+            .unseal(id, &Sealed::from_bytes(pending.sealed_password))?;
+        Ok(Some((pending.username, password)))
+    }
+
+    /// Records that `username` with `password` is about to be created on the router.
+    pub async fn begin_rotation(
+        &self,
+        id: RouterId,
+        username: &str,
+        password: &Secret,
+    ) -> Result<(), RegistryError> {
+        self.load(id)?;
+        self.store.check_room()?;
+        let pending = StoredPending {
+            v: 1,
+            username: username.to_owned(),
+            sealed_password: self.vault.seal(id, password)?.as_bytes().to_vec(),
+        };
+        let value = rmp_serde::to_vec_named(&pending).map_err(|e| StoreError::Encode {
+            what: "pending rotation",
+            reason: e.to_string(),
+        })?;
+        self.tree
+            .insert(pending_key(id), value)
+            .map_err(|e| self.store.map_sled(e))?;
+        self.store.commit().await?;
+        Ok(())
+    }
+
+    /// Switches the router's login to `username`/`password` and drops the pending record, in
+    /// one transaction. Returns the user the login was switched from.
+    pub async fn finish_rotation(
+        &self,
+        id: RouterId,
+        username: &str,
+        password: &Secret,
+    ) -> Result<String, RegistryError> {
+        let mut stored = self.load(id)?;
+        let previous = std::mem::replace(&mut stored.username, username.to_owned());
+        stored.sealed_password = self.vault.seal(id, password)?.as_bytes().to_vec();
+        if stored.rotated_from.is_none() {
+            stored.rotated_from = Some(previous.clone());
+        }
+        let value = encode(&stored)?;
+        let (rkey, pkey) = (record_key(id), pending_key(id));
+        let result = self.tree.transaction(|tx| {
+            if tx.get(&rkey)?.is_none() {
+                return sled::transaction::abort(TxAbort::NotFound);
+            }
+            tx.insert(rkey.as_slice(), value.as_slice())?;
+            tx.remove(pkey.as_slice())?;
+            Ok(())
+        });
+        self.finish(result, id, "")?;
+        self.store.commit().await?;
+        Ok(previous)
+    }
+
+    /// Forgets the pending rotation (its user was removed from the router, or never made).
+    pub async fn clear_rotation(&self, id: RouterId) -> Result<(), RegistryError> {
+        self.tree
+            .remove(pending_key(id))
+            .map_err(|e| self.store.map_sled(e))?;
+        self.store.commit().await?;
+        Ok(())
+    }
+}
+
 /// What [`Registry::apply_remote`] did with a router the controller described.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RemoteChange {
@@ -525,7 +638,20 @@ impl Registry {
                 reason: "the controller sent a router without a name or host",
             });
         }
-        let sealed = self.vault.seal(id, &router.password)?;
+        // A rotated login survives the controller describing the router again with the user
+        // it was rotated from (its password there is the one rotation retired).
+        let rotated = self
+            .load(id)
+            .ok()
+            .filter(|old| old.rotated_from.as_deref() == Some(router.username.as_str()));
+        let (username, sealed, rotated_from) = match rotated {
+            Some(old) => (old.username, old.sealed_password, old.rotated_from),
+            None => (
+                router.username.clone(),
+                self.vault.seal(id, &router.password)?.as_bytes().to_vec(),
+                None,
+            ),
+        };
         let short: String = id.to_string().chars().take(8).collect();
         let alternate = format!("{}~{short}", router.name);
         let stored_for = |name: &str| StoredRouter {
@@ -537,8 +663,9 @@ impl Registry {
             api_port: router.api_port,
             ssh_port: router.ssh_port,
             tls: (&router.tls).into(),
-            username: router.username.clone(),
-            sealed_password: sealed.as_bytes().to_vec(),
+            username: username.clone(),
+            sealed_password: sealed.clone(),
+            rotated_from: rotated_from.clone(),
         };
         let value = encode(&stored_for(&router.name))?;
         let alternate_value = encode(&stored_for(&alternate))?;

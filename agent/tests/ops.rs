@@ -448,7 +448,12 @@ async fn operations_for_the_executor_are_refused_clearly() {
         for op in [
             JobOp::Reboot {},
             JobOp::BackupNow { name: None },
-            JobOp::Restore { name: "b".into() },
+            JobOp::Restore {
+                name: "b".into(),
+                backup_id: None,
+                data: Vec::new(),
+                sha256: Vec::new(),
+            },
             JobOp::RotateCredentials {},
             JobOp::DriftCheck {},
         ] {

@@ -4,6 +4,7 @@
 //! It depends on `tikfleet-shared` only (never on the agent).
 
 pub use tikfleet_clock as clock;
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod auth;
@@ -12,6 +13,7 @@ pub mod crypto;
 pub mod db;
 pub mod hub;
 pub mod lifecycle;
+pub mod metrics;
 pub mod notify;
 pub mod server;
 

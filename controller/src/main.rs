@@ -70,6 +70,12 @@ struct ServeArgs {
     /// localhost and 127.0.0.1).
     #[arg(long = "hub-name")]
     hub_names: Vec<String>,
+    /// How long raw router health samples are kept, in hours (then only 5-minute rollups).
+    #[arg(long, env = "TIKFLEET_HEALTH_RAW_HOURS", default_value_t = 48)]
+    health_raw_hours: u64,
+    /// How long 5-minute health rollups are kept, in days.
+    #[arg(long, env = "TIKFLEET_HEALTH_ROLLUP_DAYS", default_value_t = 90)]
+    health_rollup_days: u64,
 }
 
 impl ServeArgs {
@@ -96,6 +102,12 @@ impl ServeArgs {
             hub_url: self.hub_url,
             hub_certificate,
             hub: HubConfig::default(),
+            health: tikfleet_controller::db::health::HealthRetention {
+                raw: std::time::Duration::from_secs(self.health_raw_hours.max(1) * 3600),
+                rollups: std::time::Duration::from_secs(self.health_rollup_days.max(1) * 86_400),
+                ..Default::default()
+            },
+            rotation_check: std::time::Duration::from_secs(3600),
         }
     }
 }

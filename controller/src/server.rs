@@ -56,6 +56,10 @@ pub struct ServerConfig {
     pub hub_certificate: HubCertificate,
     /// The hub's settings.
     pub hub: HubConfig,
+    /// Retention of router health samples and rollups.
+    pub health: crate::db::health::HealthRetention,
+    /// How often scheduled credential rotations are looked for (default hourly).
+    pub rotation_check: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -73,6 +77,8 @@ impl ServerConfig {
                 names: vec!["localhost".into(), "127.0.0.1".into()],
             },
             hub: HubConfig::default(),
+            health: crate::db::health::HealthRetention::default(),
+            rotation_check: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -92,6 +98,10 @@ pub struct Server {
     pub new_admin_token: Option<String>,
     hub: RunningHub,
     notifier: Option<Notifier>,
+    health: Option<crate::db::health::HealthTask>,
+    rotations: Option<crate::db::credentials::RotationTask>,
+    backup_retention: Option<crate::db::backups::RetentionTask>,
+    alerts: Option<crate::alerts::AlertTask>,
     api_stop: Option<oneshot::Sender<()>>,
     api_task: Option<JoinHandle<()>>,
 }
@@ -149,6 +159,18 @@ impl Server {
         let api_addr = listener.local_addr()?;
         let notifier = Notifier::start(db.clone(), clock.clone())
             .context("cannot start the notification sender")?;
+        let health = crate::db::health::HealthTask::start(db.clone(), clock.clone(), config.health);
+        let rotations = crate::db::credentials::RotationTask::start(
+            db.clone(),
+            clock.clone(),
+            config.rotation_check,
+        );
+        let backup_retention = crate::db::backups::RetentionTask::start(db.clone(), clock.clone());
+        let alerts = crate::alerts::AlertTask::start(
+            db.clone(),
+            clock.clone(),
+            crate::alerts::EVAL_INTERVAL,
+        );
         let app = api_router(AppState::new(db.clone(), clock, hub_info.clone()));
         let (api_stop, stopped) = oneshot::channel::<()>();
         let api_task = tokio::spawn(async move {
@@ -170,6 +192,10 @@ impl Server {
             new_admin_token,
             hub,
             notifier: Some(notifier),
+            health: Some(health),
+            rotations: Some(rotations),
+            backup_retention: Some(backup_retention),
+            alerts: Some(alerts),
             api_stop: Some(api_stop),
             api_task: Some(api_task),
         })
@@ -201,8 +227,20 @@ impl Server {
             tracing::warn!("API requests did not finish in time");
         }
         self.hub.shutdown().await;
+        if let Some(alerts) = self.alerts.take() {
+            alerts.shutdown().await;
+        }
         if let Some(notifier) = self.notifier.take() {
             notifier.shutdown().await;
+        }
+        if let Some(rotations) = self.rotations.take() {
+            rotations.shutdown().await;
+        }
+        if let Some(health) = self.health.take() {
+            health.shutdown().await;
+        }
+        if let Some(retention) = self.backup_retention.take() {
+            retention.shutdown().await;
         }
         self.db.close().await;
     }

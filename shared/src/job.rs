@@ -145,10 +145,21 @@ pub enum JobOp {
         /// Backup file name; the agent picks one when `None`.
         name: Option<String>,
     },
-    /// Restore a backup.
+    /// Restore a binary backup: upload it to the router's `/file` as `name`, load it with
+    /// the router's backup password, wait for the router to come back and report its version.
     Restore {
         /// Backup file name on the router.
         name: String,
+        /// The controller's backup id (for the job's detail).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backup_id: Option<String>,
+        /// The backup file (as the router saved it: encrypted). Left out of the frame when
+        /// empty, so a restore by file name encodes as before these fields existed.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+        data: Vec<u8>,
+        /// SHA-256 of `data`.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+        sha256: Vec<u8>,
     },
     /// Rotate the credentials the agent uses to log in to the router.
     RotateCredentials {},
@@ -165,11 +176,19 @@ pub enum JobOp {
         #[serde(default)]
         adopt: bool,
     },
+    /// Restrict `/ip/service` `api`, `api-ssl` and `ssh` to the address the router sees the
+    /// agent connect from plus these networks; verified with a fresh login, rolled back if
+    /// that fails.
+    Lockdown {
+        /// The tenant's admin networks (`10.0.0.0/24`, `192.0.2.7`).
+        #[serde(default)]
+        admin_networks: Vec<String>,
+    },
 }
 
 impl JobOp {
     /// Every operation name, in declaration order.
-    pub const NAMES: [&'static str; 18] = [
+    pub const NAMES: [&'static str; 19] = [
         "upsert_ppp_secret",
         "delete_ppp_secret",
         "upsert_hotspot_user",
@@ -188,6 +207,7 @@ impl JobOp {
         "rotate_credentials",
         "drift_check",
         "enforce",
+        "lockdown",
     ];
 
     /// The operation's snake_case name, identical to its serialized tag.
@@ -212,6 +232,7 @@ impl JobOp {
             Self::RotateCredentials {} => "rotate_credentials",
             Self::DriftCheck {} => "drift_check",
             Self::Enforce { .. } => "enforce",
+            Self::Lockdown { .. } => "lockdown",
         }
     }
 }
@@ -297,7 +318,12 @@ mod tests {
         let ops = [
             JobOp::Reboot {},
             JobOp::DriftCheck {},
-            JobOp::Restore { name: "b".into() },
+            JobOp::Restore {
+                name: "b".into(),
+                backup_id: None,
+                data: vec![1, 2],
+                sha256: Vec::new(),
+            },
             JobOp::DeletePppSecret { name: "a".into() },
         ];
         for op in ops {

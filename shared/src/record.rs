@@ -41,6 +41,8 @@ pub enum OutboxRecord {
     Progress(ReconcileProgress),
     /// Subscribers a pass moved to another lifecycle phase on the router (or failed to).
     Lifecycle(LifecycleReport),
+    /// A part of a backup a `backup_now` job took, uploaded in order; never dropped.
+    BackupChunk(BackupChunk),
     /// A tombstone: the record under this seq was not delivered, for `reason`. It keeps the
     /// seqs contiguous; the controller stores and counts it and acks it like any record.
     /// Audit records, job updates, drift and apply reports are never dropped, so a
@@ -53,7 +55,7 @@ pub enum OutboxRecord {
 
 impl OutboxRecord {
     /// Every record kind, in declaration order.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "audit",
         "telemetry",
         "drift",
@@ -61,6 +63,7 @@ impl OutboxRecord {
         "applied",
         "progress",
         "lifecycle",
+        "backup_chunk",
         "dropped",
     ];
 
@@ -75,6 +78,7 @@ impl OutboxRecord {
             Self::Applied(_) => "applied",
             Self::Progress(_) => "progress",
             Self::Lifecycle(_) => "lifecycle",
+            Self::BackupChunk(_) => "backup_chunk",
             Self::Dropped { .. } => "dropped",
         }
     }
@@ -84,6 +88,61 @@ impl OutboxRecord {
     pub const fn dropped(reason: DropReason) -> Self {
         Self::Dropped { reason }
     }
+}
+
+/// Which file of a backup a [`BackupChunk`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupKind {
+    /// The text configuration (`/export`, secrets hidden as the router prints them).
+    Export,
+    /// The binary `/system/backup/save` file, encrypted by the router with the agent's
+    /// per-router backup password.
+    Binary,
+}
+
+impl BackupKind {
+    /// The snake_case name, identical to its serialized tag.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Export => "export",
+            Self::Binary => "binary",
+        }
+    }
+}
+
+/// The largest `data` of one [`BackupChunk`] (256 KiB): far below the frame limit.
+pub const BACKUP_CHUNK_SIZE: usize = 256 * 1024;
+
+/// One part of a backup file, in order: `offset` is where `data` starts. Every part repeats
+/// the file's total size and SHA-256 and what the backup describes, so the controller can
+/// check the assembled file whatever part it sees first; the part with `last` closes it.
+/// Exactly-once delivery and resumption after a dropped link come from the outbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupChunk {
+    /// The `backup_now` job that took the backup.
+    pub job_id: JobId,
+    /// The router.
+    pub router_id: RouterId,
+    /// Which file.
+    pub kind: BackupKind,
+    /// When the backup was taken (agent's clock).
+    pub taken_at: UnixMillis,
+    /// The router's RouterOS version then.
+    pub ros_version: String,
+    /// Byte offset of `data` in the file.
+    pub offset: u64,
+    /// Size of the whole file in bytes.
+    pub total_size: u64,
+    /// SHA-256 of the whole file.
+    #[serde(with = "serde_bytes")]
+    pub sha256: Vec<u8>,
+    /// At most [`BACKUP_CHUNK_SIZE`] bytes of the file.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// Whether this is the file's last part.
+    pub last: bool,
 }
 
 /// Why an [`OutboxRecord::Dropped`] tombstone stands in for a record.
@@ -252,6 +311,8 @@ pub enum TelemetrySample {
     },
     /// The agent's own host.
     Host(HostSample),
+    /// A router's RouterOS version, available update and firmware (on connect and daily).
+    Versions(VersionSample),
 }
 
 /// Router resources (`/system/resource`), interfaces and sessions.
@@ -325,6 +386,32 @@ pub struct HostSample {
     pub outbox_bytes: u64,
     /// Jobs waiting in the queue.
     pub queued_jobs: u64,
+}
+
+/// A router's software: RouterOS version and update channel, what `check-for-updates`
+/// found, and the RouterBOARD firmware. Fields the router did not answer are `None`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionSample {
+    /// The router.
+    pub router_id: RouterId,
+    /// RouterOS version as `/system/resource` reports it, e.g. `7.15.3`.
+    pub ros_version: Option<String>,
+    /// Update channel (`stable`, `long-term`, …).
+    pub channel: Option<String>,
+    /// `installed-version` of `/system/package/update`.
+    pub installed: Option<String>,
+    /// `latest-version` the update check found; `None` when the check could not tell.
+    pub latest: Option<String>,
+    /// Whether a newer RouterOS exists; `None` when the check failed (no internet, …).
+    pub update_available: Option<bool>,
+    /// Why the update check could not tell, if it could not (not an error of the probe).
+    pub update_error: Option<String>,
+    /// `current-firmware` of `/system/routerboard` (`None` on CHR / x86: no RouterBOARD).
+    pub firmware_current: Option<String>,
+    /// `upgrade-firmware` of `/system/routerboard`.
+    pub firmware_upgrade: Option<String>,
+    /// Board name, e.g. `RB5009UG+S+`.
+    pub board: Option<String>,
 }
 
 /// What made the agent compare a router with its desired state.

@@ -1218,6 +1218,7 @@ fn job_items(op: &JobOp) -> Vec<ItemRef> {
         | JobOp::BackupNow { .. }
         | JobOp::Restore { .. }
         | JobOp::RotateCredentials {}
+        | JobOp::Lockdown { .. }
         | JobOp::DriftCheck {}
         | JobOp::Enforce { .. } => Vec::new(),
     }

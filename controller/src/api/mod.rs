@@ -21,10 +21,14 @@ use crate::app::AppState;
 use crate::db::PageRequest;
 
 pub mod agents;
+pub mod alerts;
 pub mod audit;
+pub mod backups;
+pub mod credentials;
 pub mod drift;
 pub mod error;
 pub mod extract;
+pub mod health;
 pub mod jobs;
 pub mod lifecycle;
 pub mod notifications;
@@ -84,10 +88,15 @@ impl Modify for BearerAuth {
         jobs::list, jobs::show, jobs::requeue, jobs::cancel,
         drift::check, drift::list, drift::show, drift::accept, drift::enforce,
         audit::list,
+        backups::list, backups::create, backups::download, backups::diff, backups::restore,
         notifications::show_settings, notifications::set_settings, notifications::send_test,
         notifications::subscriber_log,
         lifecycle::show_tenant, lifecycle::set_tenant, lifecycle::show_plan, lifecycle::set_plan,
         lifecycle::renew, lifecycle::show_subscriber,
+        health::show, health::outdated,
+        credentials::rotate, credentials::lockdown, credentials::show_settings,
+        credentials::set_settings,
+        alerts::list, alerts::show, alerts::acknowledge, alerts::show_rules, alerts::set_rules,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -96,6 +105,9 @@ impl Modify for BearerAuth {
         (name = "subscribers"), (name = "jobs"), (name = "drift"), (name = "audit"),
         (name = "notifications"),
         (name = "lifecycle"),
+        (name = "health"),
+        (name = "backups"),
+        (name = "alerts"),
     )
 )]
 pub struct ApiDoc;
@@ -112,6 +124,29 @@ async fn openapi() -> axum::response::Response {
             ApiError::for_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR).into_response()
         }
     }
+}
+
+/// `GET /metrics`: the fleet's Prometheus metrics (crate::metrics), for admin tokens only
+/// (they span every tenant). Prometheus sends the token with `authorization: credentials`.
+async fn metrics(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    extract::Auth(p): extract::Auth,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    if p.scope() != crate::db::Scope::Admin {
+        return Err(ApiError::forbidden(
+            "metrics span every tenant: use an admin token",
+        ));
+    }
+    let text = crate::metrics::render(st.db.metrics_snapshot().await?);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn not_found() -> ApiError {
@@ -138,6 +173,10 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/tenants/{id}/drift",
             get(tenants::show_drift).put(tenants::set_drift),
+        )
+        .route(
+            "/tenants/{id}/security",
+            get(credentials::show_settings).put(credentials::set_settings),
         )
         .route(
             "/tenants/{id}/lifecycle",
@@ -177,7 +216,21 @@ pub fn routes(state: AppState) -> Router {
                 .delete(routers::delete),
         )
         .route("/routers/{id}/sync", get(routers::sync))
+        .route("/routers/{id}/health", get(health::show))
+        .route("/routers/outdated", get(health::outdated))
         .route("/routers/{id}/drift-check", post(drift::check))
+        .route(
+            "/routers/{id}/rotate-credentials",
+            post(credentials::rotate),
+        )
+        .route("/routers/{id}/lockdown", post(credentials::lockdown))
+        .route(
+            "/routers/{id}/backups",
+            get(backups::list).post(backups::create),
+        )
+        .route("/backups/{id}", get(backups::download))
+        .route("/backups/{id}/diff", get(backups::diff))
+        .route("/backups/{id}/restore", post(backups::restore))
         .route("/plans", post(plans::create).get(plans::list))
         .route(
             "/plans/{id}",
@@ -204,9 +257,17 @@ pub fn routes(state: AppState) -> Router {
         .route("/drift/{id}/accept", post(drift::accept))
         .route("/drift/{id}/enforce", post(drift::enforce))
         .route("/audit", get(audit::list))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/{id}", get(alerts::show))
+        .route("/alerts/{id}/acknowledge", post(alerts::acknowledge))
+        .route(
+            "/tenants/{id}/alert-rules",
+            get(alerts::show_rules).put(alerts::set_rules),
+        )
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", v1)
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -107,6 +107,29 @@ pub struct RouterDto {
     pub ros_version: Option<String>,
     /// `unknown`, `online` or `unreachable`.
     pub status: String,
+    /// When a probe last reached it (RFC 3339), or null.
+    pub last_seen: Option<String>,
+    /// Its uptime at that probe, in seconds.
+    pub uptime_secs: Option<u64>,
+    /// Its update channel (`stable`, `long-term`, …).
+    pub ros_channel: Option<String>,
+    /// The newest RouterOS its update check found.
+    pub ros_latest: Option<String>,
+    /// Whether a newer RouterOS exists; null when never checked or the check failed
+    /// (`update_error` says why).
+    pub update_available: Option<bool>,
+    /// Why the last update check could not tell (a router without internet access, …).
+    pub update_error: Option<String>,
+    /// RouterBOARD firmware installed (null on CHR / x86).
+    pub firmware_current: Option<String>,
+    /// RouterBOARD firmware the installed RouterOS brings.
+    pub firmware_upgrade: Option<String>,
+    /// Whether the firmware is older than `firmware_upgrade`.
+    pub firmware_outdated: Option<bool>,
+    /// Board name.
+    pub board: Option<String>,
+    /// A warning when its RouterOS is older than the supported minimum (6.43), else null.
+    pub version_warning: Option<String>,
 }
 
 impl From<Router> for RouterDto {
@@ -121,8 +144,25 @@ impl From<Router> for RouterDto {
             agent_id: r.agent_id,
             tenant_id: r.tenant_id,
             username: r.username,
+            version_warning: r.health.unsupported.then(|| {
+                format!(
+                    "RouterOS {} is older than {}, the oldest tikfleet supports: upgrade it",
+                    r.ros_version.as_deref().unwrap_or("?"),
+                    crate::db::health::MIN_SUPPORTED_VERSION
+                )
+            }),
             ros_version: r.ros_version,
             status: r.status,
+            last_seen: r.health.last_seen.map(validate::format_time),
+            uptime_secs: r.health.uptime_secs,
+            ros_channel: r.health.ros_channel,
+            ros_latest: r.health.ros_latest,
+            update_available: r.health.update_available,
+            update_error: r.health.update_error,
+            firmware_current: r.health.firmware_current,
+            firmware_upgrade: r.health.firmware_upgrade,
+            firmware_outdated: r.health.firmware_outdated,
+            board: r.health.board,
         }
     }
 }

@@ -17,9 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 use tikfleet_shared::domain::{DesiredState, DriftSettings};
 use tikfleet_shared::job::Job;
 use tikfleet_shared::protocol::RouterGenerations;
-use tikfleet_shared::record::{
-    AuditRecord, AuditStatus, OutboxRecord, TelemetrySample, is_sensitive_key,
-};
+use tikfleet_shared::record::{AuditRecord, AuditStatus, OutboxRecord, is_sensitive_key};
 use tikfleet_shared::secret::REDACTED;
 use tikfleet_shared::{AgentId, JobId, RouterId, TenantId, UnixMillis};
 
@@ -392,6 +390,7 @@ impl Db {
                 live.insert(id);
             }
         }
+        let mut health = super::health::Batch::default();
         for (seq, record) in records {
             if *seq <= next {
                 continue;
@@ -452,6 +451,8 @@ impl Db {
                         .bind(agent.to_string())
                         .push(")");
                     q.execute(&mut *tx).await?;
+                    // A failed rotation or lockdown alerts the tenant's admins.
+                    super::credentials::on_job_update(&mut tx, self, tenant, u, self.now()).await?;
                 }
                 OutboxRecord::Applied(a) => {
                     let error = a
@@ -504,24 +505,9 @@ impl Db {
                 }
                 OutboxRecord::Telemetry(t) => {
                     telemetry += 1;
-                    let (router, status, version) = match &t.sample {
-                        TelemetrySample::Router(s) => {
-                            (Some(s.router_id), "online", s.routeros_version.clone())
-                        }
-                        TelemetrySample::RouterUnreachable { router_id, .. } => {
-                            (Some(*router_id), "unreachable", None)
-                        }
-                        TelemetrySample::Host(_) => (None, "", None),
-                    };
-                    if let Some(router) = router.filter(|r| own.contains(r)) {
-                        let mut q = Sql::new("UPDATE routers SET status = ");
-                        q.bind(status.to_owned());
-                        if let Some(v) = version {
-                            q.push(", ros_version = ").bind(v);
-                        }
-                        q.push(" WHERE id = ").bind(router.to_string());
-                        q.execute(&mut *tx).await?;
-                    }
+                    // Stored set-based after the loop (db/health.rs): one insert of samples
+                    // and one update per router, however many samples the batch holds.
+                    health.push(t, &own);
                 }
                 OutboxRecord::Drift(report) => {
                     drift += 1;
@@ -555,12 +541,18 @@ impl Db {
                             .await?;
                     }
                 }
+                OutboxRecord::BackupChunk(chunk) => {
+                    if own.contains(&chunk.router_id) {
+                        super::backups::ingest_chunk(&mut tx, tenant, self.now(), chunk).await?;
+                    }
+                }
                 OutboxRecord::Dropped { .. } => dropped += 1,
             }
         }
         if next == committed {
             return Ok(Some(committed));
         }
+        health.store(&mut tx, tenant).await?;
         let mut q = Sql::new("UPDATE agents SET records_committed = ");
         q.bind(to_i64(next))
             .push(", telemetry_records = telemetry_records + ")

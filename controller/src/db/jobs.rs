@@ -214,6 +214,7 @@ pub fn order_keys(op: &JobOp) -> (Option<String>, Option<String>) {
         | JobOp::BackupNow { .. }
         | JobOp::Restore { .. }
         | JobOp::RotateCredentials {}
+        | JobOp::Lockdown { .. }
         | JobOp::DriftCheck {}
         | JobOp::Enforce { .. } => (None, None),
     }

@@ -27,11 +27,16 @@ use crate::crypto::{AtRestKey, CryptoError};
 use crate::hub::AgentSignals;
 
 pub mod agents;
+pub mod alerts;
 pub mod audit;
+pub mod backups;
+pub mod credentials;
 pub mod drift;
+pub mod health;
 mod hub;
 pub mod jobs;
 pub mod lifecycle;
+pub mod metrics;
 pub mod notify;
 pub mod page;
 pub mod plans;
@@ -287,6 +292,34 @@ fn migrator() -> Migrator {
                 Cow::Borrowed("lifecycle"),
                 MigrationType::Simple,
                 Cow::Borrowed(include_str!("../../migrations/0005_lifecycle.sql")),
+                false,
+            ),
+            Migration::new(
+                6,
+                Cow::Borrowed("health"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0006_health.sql")),
+                false,
+            ),
+            Migration::new(
+                7,
+                Cow::Borrowed("backups"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0007_backups.sql")),
+                false,
+            ),
+            Migration::new(
+                8,
+                Cow::Borrowed("credentials"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0008_credentials.sql")),
+                false,
+            ),
+            Migration::new(
+                9,
+                Cow::Borrowed("alerts"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0009_alerts.sql")),
                 false,
             ),
         ]),

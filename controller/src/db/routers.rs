@@ -53,6 +53,37 @@ pub struct Router {
     pub created_at: UnixMillis,
     /// When it was deleted (a tombstone), if it was.
     pub deleted_at: Option<UnixMillis>,
+    /// What the probes and version checks last said (db/health.rs).
+    pub health: RouterHealth,
+}
+
+/// A router's last probe and version check, as the agent reported them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouterHealth {
+    /// When a probe last reached it.
+    pub last_seen: Option<UnixMillis>,
+    /// Its uptime at that probe, in seconds.
+    pub uptime_secs: Option<u64>,
+    /// Update channel.
+    pub ros_channel: Option<String>,
+    /// The newest RouterOS the update check found.
+    pub ros_latest: Option<String>,
+    /// Whether a newer RouterOS exists (`None`: never checked, or the check failed).
+    pub update_available: Option<bool>,
+    /// Why the last update check could not tell.
+    pub update_error: Option<String>,
+    /// RouterBOARD firmware installed.
+    pub firmware_current: Option<String>,
+    /// RouterBOARD firmware the installed RouterOS brings.
+    pub firmware_upgrade: Option<String>,
+    /// Whether the firmware is older than the one RouterOS brings.
+    pub firmware_outdated: Option<bool>,
+    /// Board name.
+    pub board: Option<String>,
+    /// When versions were last checked.
+    pub versions_at: Option<UnixMillis>,
+    /// Whether the RouterOS version is older than the supported minimum (6.43).
+    pub unsupported: bool,
 }
 
 /// A router to add.
@@ -135,7 +166,9 @@ pub struct ReconcileProgress {
 
 pub(crate) const ROUTER_COLUMNS: &str = "id, tenant_id, agent_id, name, address, api_port, ssh_port, tls, username, \
      ros_version, status, revision, generation, stored_generation, applied_generation, apply_error, \
-     created_at, deleted_at";
+     created_at, deleted_at, last_seen, uptime_secs, ros_channel, ros_latest, update_available, \
+     update_error, firmware_current, firmware_upgrade, firmware_outdated, board, versions_at, \
+     ros_unsupported";
 
 /// The TLS setting's stored JSON.
 pub(crate) fn tls_json(tls: &RouterTlsSetting) -> String {
@@ -194,6 +227,22 @@ pub(crate) fn router(row: &sqlx::any::AnyRow) -> Result<Router, DbError> {
         apply_error: row.opt_text("apply_error")?,
         created_at: row.millis("created_at")?,
         deleted_at: row.opt_millis("deleted_at")?,
+        health: RouterHealth {
+            last_seen: row.opt_millis("last_seen")?,
+            uptime_secs: row
+                .opt_int("uptime_secs")?
+                .map(|v| u64::try_from(v).unwrap_or(0)),
+            ros_channel: row.opt_text("ros_channel")?,
+            ros_latest: row.opt_text("ros_latest")?,
+            update_available: row.opt_int("update_available")?.map(|v| v != 0),
+            update_error: row.opt_text("update_error")?,
+            firmware_current: row.opt_text("firmware_current")?,
+            firmware_upgrade: row.opt_text("firmware_upgrade")?,
+            firmware_outdated: row.opt_int("firmware_outdated")?.map(|v| v != 0),
+            board: row.opt_text("board")?,
+            versions_at: row.opt_millis("versions_at")?,
+            unsupported: row.opt_int("ros_unsupported")? == Some(1),
+        },
     })
 }
 

@@ -161,6 +161,9 @@ fn all_job_ops() -> Vec<JobOp> {
         },
         JobOp::Restore {
             name: "nightly.backup".into(),
+            backup_id: None,
+            data: Vec::new(),
+            sha256: Vec::new(),
         },
         JobOp::RotateCredentials {},
         JobOp::DriftCheck {},
@@ -170,6 +173,9 @@ fn all_job_ops() -> Vec<JobOp> {
                 key: "alice".into(),
             }],
             adopt: true,
+        },
+        JobOp::Lockdown {
+            admin_networks: vec!["10.0.0.0/24".into(), "192.0.2.7".into()],
         },
     ]
 }
@@ -331,6 +337,36 @@ fn all_records() -> Vec<(String, OutboxRecord)> {
                     due_at: T0,
                 }],
                 error: Some(error()),
+            }),
+        ),
+        (
+            "record/telemetry/versions".into(),
+            telemetry(TelemetrySample::Versions(VersionSample {
+                router_id: router(),
+                ros_version: Some("7.15.3".into()),
+                channel: Some("stable".into()),
+                installed: Some("7.15.3".into()),
+                latest: Some("7.16.2".into()),
+                update_available: Some(true),
+                update_error: None,
+                firmware_current: Some("7.14".into()),
+                firmware_upgrade: Some("7.15.3".into()),
+                board: Some("RB5009UG+S+".into()),
+            })),
+        ),
+        (
+            "record/backup_chunk".into(),
+            OutboxRecord::BackupChunk(BackupChunk {
+                job_id: job_id(),
+                router_id: router(),
+                kind: BackupKind::Export,
+                taken_at: T0,
+                ros_version: "7.15.3 (stable)".into(),
+                offset: 0,
+                total_size: 28,
+                sha256: vec![0xab; 32],
+                data: b"/system identity\nset name=r1\n".to_vec(),
+                last: true,
             }),
         ),
     ]
@@ -582,5 +618,18 @@ pub fn all() -> Vec<(String, Envelope)> {
     for (i, (name, record)) in all_records().into_iter().enumerate() {
         out.push((name, durable(1_042 + i as u64, 44, Message::Record(record))));
     }
+    out.push((
+        "job/restore_with_data".into(),
+        durable(
+            201,
+            7,
+            Message::Job(job(JobOp::Restore {
+                name: "tikfleet-restore.backup".into(),
+                backup_id: Some("019b7a2c-0000-7000-8000-0000000000b1".into()),
+                data: b"TIKFLEET-SIM-BACKUP 1 sealed\n...".to_vec(),
+                sha256: vec![0x5a; 32],
+            })),
+        ),
+    ));
     out
 }

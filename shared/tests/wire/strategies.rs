@@ -327,11 +327,23 @@ pub fn job_op() -> impl Strategy<Value = JobOp> {
             .prop_map(|(list, address)| JobOp::RemoveAddressListEntry { list, address }),
         Just(JobOp::Reboot {}),
         opt_text().prop_map(|name| JobOp::BackupNow { name }),
-        text().prop_map(|name| JobOp::Restore { name }),
+        (
+            text(),
+            opt_text(),
+            vec(any::<u8>(), 0..40),
+            vec(any::<u8>(), 0..32)
+        )
+            .prop_map(|(name, backup_id, data, sha256)| JobOp::Restore {
+                name,
+                backup_id,
+                data,
+                sha256,
+            }),
         Just(JobOp::RotateCredentials {}),
         Just(JobOp::DriftCheck {}),
         (vec(item_ref(), 0..3), any::<bool>())
             .prop_map(|(items, adopt)| JobOp::Enforce { items, adopt }),
+        vec(text(), 0..3).prop_map(|admin_networks| JobOp::Lockdown { admin_networks }),
     ]
 }
 
@@ -521,12 +533,38 @@ fn host_sample() -> impl Strategy<Value = HostSample> {
     })
 }
 
+fn version_sample() -> impl Strategy<Value = VersionSample> {
+    (
+        router_id(),
+        [opt_text(), opt_text(), opt_text(), opt_text()],
+        proptest::option::of(any::<bool>()),
+        [opt_text(), opt_text(), opt_text(), opt_text()],
+    )
+        .prop_map(|(router_id, a, update_available, b)| {
+            let [ros_version, channel, installed, latest] = a;
+            let [update_error, firmware_current, firmware_upgrade, board] = b;
+            VersionSample {
+                router_id,
+                ros_version,
+                channel,
+                installed,
+                latest,
+                update_available,
+                update_error,
+                firmware_current,
+                firmware_upgrade,
+                board,
+            }
+        })
+}
+
 fn telemetry() -> impl Strategy<Value = Telemetry> {
     let sample = prop_oneof![
         router_sample().prop_map(TelemetrySample::Router),
         (router_id(), error_info())
             .prop_map(|(router_id, error)| TelemetrySample::RouterUnreachable { router_id, error }),
         host_sample().prop_map(TelemetrySample::Host),
+        version_sample().prop_map(TelemetrySample::Versions),
     ];
     (time(), sample).prop_map(|(at, sample)| Telemetry { at, sample })
 }
@@ -672,7 +710,45 @@ pub fn outbox_record() -> impl Strategy<Value = OutboxRecord> {
         progress().prop_map(OutboxRecord::Progress),
         lifecycle_report().prop_map(OutboxRecord::Lifecycle),
         drop_reason().prop_map(OutboxRecord::dropped),
+        backup_chunk().prop_map(OutboxRecord::BackupChunk),
     ]
+}
+
+fn backup_chunk() -> impl Strategy<Value = BackupChunk> {
+    (
+        (job_id(), router_id(), any::<bool>(), time(), text()),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            vec(any::<u8>(), 0..40),
+            vec(any::<u8>(), 0..64),
+        ),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(
+                (job_id, router_id, binary, taken_at, ros_version),
+                (offset, total_size, sha256, data),
+                last,
+            )| {
+                BackupChunk {
+                    job_id,
+                    router_id,
+                    kind: if binary {
+                        BackupKind::Binary
+                    } else {
+                        BackupKind::Export
+                    },
+                    taken_at,
+                    ros_version,
+                    offset,
+                    total_size,
+                    sha256,
+                    data,
+                    last,
+                }
+            },
+        )
 }
 
 fn drop_reason() -> impl Strategy<Value = DropReason> {

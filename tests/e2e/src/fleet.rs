@@ -428,6 +428,18 @@ pub struct RunningAgent {
 }
 
 impl RunningAgent {
+    /// The agent's Prometheus endpoint, from its "running" line.
+    #[must_use]
+    pub fn metrics_url(&self) -> Option<String> {
+        let text = self.output.text();
+        let start = text.find("metrics http://")? + "metrics ".len();
+        let url: String = text[start..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != ',')
+            .collect();
+        Some(url)
+    }
+
     /// Stops it (as SIGTERM does) and returns what it printed, or its error.
     pub async fn stop(mut self) -> Result<String, String> {
         if let Some(stop) = self.stop.take() {
@@ -473,7 +485,9 @@ impl Default for AgentSettings {
 
 impl Agent {
     /// A fresh data folder with a configuration: reconnects capped at
-    /// `settings.reconnect_max_ms`, router rate limits high enough for thousands of jobs.
+    /// `settings.reconnect_max_ms`, router rate limits high enough for thousands of jobs,
+    /// health probes off (their reads are not audited, and tests compare the commands a
+    /// router saw with the audit log; `tests/health.rs` turns them on).
     #[must_use]
     pub fn new(settings: &AgentSettings) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -483,7 +497,9 @@ impl Agent {
             format!(
                 "data_dir = {:?}\n\n[limits]\nrouter_commands_per_second = 5000\nrouter_burst = 5000\n\
                  tenant_commands_per_second = 5000\ntenant_burst = 5000\nrouter_concurrency = {}\n\n\
-                 [retry]\nmax_attempts = {}\n\n[uplink]\nreconnect_min_ms = 200\nreconnect_max_ms = {}\n",
+                 [retry]\nmax_attempts = {}\n\n[probes]\nenabled = false\n\n\
+                 [uplink]\nreconnect_min_ms = 200\nreconnect_max_ms = {}\n\n\
+                 [metrics]\nlisten = \"127.0.0.1:0\"\n",
                 dir.path().join("data").display().to_string(),
                 settings.router_concurrency,
                 settings.max_attempts,

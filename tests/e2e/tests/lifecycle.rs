@@ -83,6 +83,21 @@ fn texts(gateway: &Receiver, phone: &str, what: &str) -> usize {
         .count()
 }
 
+/// The admin webhook calls about failed lifecycle transitions (other alerts — an agent
+/// offline, a router unreachable — reach the same webhook).
+fn transition_alerts(gateway: &Receiver) -> Vec<Value> {
+    gateway
+        .requests("/hook")
+        .iter()
+        .map(tikfleet_peers::Recorded::json)
+        .filter(|b| {
+            b["key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("transition_failed:"))
+        })
+        .collect()
+}
+
 /// Waits until `to` has exactly `n` emails about `what` and the same number of texts.
 async fn notified(smtp: &SmtpServer, gateway: &Receiver, name: &str, what: &str, n: usize) {
     let to = format!("{name}@example.net");
@@ -370,8 +385,7 @@ async fn scenario(version: &str) {
     // on the clock, so move it along while waiting.
     let hook = eventually("the admin webhook", SETTLE, || async {
         clock.advance(Duration::from_millis(200));
-        let calls = gateway.requests("/hook");
-        (!calls.is_empty()).then(|| calls[0].json())
+        transition_alerts(&gateway).into_iter().next()
     })
     .await;
     assert!(
@@ -407,11 +421,11 @@ async fn scenario(version: &str) {
     .await;
     notified(&smtp, &gateway, "bob", "has expired", 1).await;
     assert_eq!(
-        gateway.requests("/hook").len(),
+        transition_alerts(&gateway).len(),
         1,
         "one alert for the incident"
     );
-    assert_eq!(mails(&smtp, "noc@acme.example", "failed"), 1);
+    assert_eq!(mails(&smtp, "noc@acme.example", "lifecycle transition"), 1);
     let audit = ops.audit().await;
     assert!(
         audit
@@ -426,6 +440,40 @@ async fn scenario(version: &str) {
             Some("Bearer sms-key")
         );
     }
+
+    // The agent's Prometheus endpoint counted the work and the refused connections' errors.
+    let url = running.metrics_url().expect("the agent serves metrics");
+    let text = reqwest::get(&url)
+        .await
+        .expect("the metrics endpoint answers")
+        .text()
+        .await
+        .expect("a body");
+    for metric in [
+        "tikfleet_agent_router_commands_total ",
+        "tikfleet_agent_jobs{status=\"succeeded\"} ",
+        "tikfleet_agent_outbox_acked_seq ",
+        "tikfleet_agent_job_run_seconds_count ",
+    ] {
+        assert!(text.contains(metric), "{metric} in\n{text}");
+    }
+    let (st, v) = ctl.admin.get("/metrics").await;
+    assert_eq!(st, StatusCode::OK);
+    let text = v.as_str().expect("the controller's metrics text");
+    for metric in [
+        "tikfleet_agents_connected 1",
+        "tikfleet_subscribers{status=\"active\"} ",
+        "tikfleet_job_latency_seconds_count ",
+        "tikfleet_notifications{status=\"sent\"} ",
+    ] {
+        assert!(text.contains(metric), "{metric} in\n{text}");
+    }
+    let (st, _) = ops.get("/metrics").await;
+    assert_eq!(
+        st,
+        StatusCode::FORBIDDEN,
+        "an operator token does not read fleet metrics"
+    );
 
     let out = running.stop().await.expect("the agent stops cleanly");
     assert!(out.contains("tikfleet-agent stopped:"), "{out}");

@@ -14,6 +14,7 @@
 //! TCP pushes back on the client and nothing is dropped.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,7 +123,8 @@ pub async fn serve(
             }
         };
         lock(&router.stats).connections += 1;
-        if !router.accepts(service) {
+        let allowed = lock(&router.device).service_allows(service, peer.ip());
+        if !router.accepts(service) || !allowed {
             debug!(router = router.index, %peer, "refusing connection");
             drop(stream);
             continue;
@@ -133,9 +135,11 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => connection(stream, router, shutdown).await,
+                None => connection_from(stream, router, shutdown, Some(peer.ip()), service).await,
                 Some(acc) => match tokio::time::timeout(TLS_HANDSHAKE, acc.accept(stream)).await {
-                    Ok(Ok(s)) => connection(s, router, shutdown).await,
+                    Ok(Ok(s)) => {
+                        connection_from(s, router, shutdown, Some(peer.ip()), service).await;
+                    }
                     Ok(Err(e)) => debug!(error = %e, "tls handshake failed"),
                     Err(_) => debug!(%peer, "tls handshake timed out"),
                 },
@@ -174,8 +178,22 @@ async fn writer<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::UnboundedReceiver<Out
 }
 
 /// Serves one connection.
-pub async fn connection<S>(stream: S, router: Arc<Router>, mut shutdown: watch::Receiver<bool>)
+pub async fn connection<S>(stream: S, router: Arc<Router>, shutdown: watch::Receiver<bool>)
 where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    connection_from(stream, router, shutdown, None, "api").await;
+}
+
+/// Serves one connection from `peer` (the address `/user/active` shows and `/user`
+/// `address=` is checked against) on `service` (`api` or `api-ssl`).
+pub async fn connection_from<S>(
+    stream: S,
+    router: Arc<Router>,
+    mut shutdown: watch::Receiver<bool>,
+    peer: Option<IpAddr>,
+    via: &'static str,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
@@ -194,6 +212,9 @@ where
         tasks: JoinSet::new(),
         last_untagged: None,
         seq: 0,
+        peer,
+        via,
+        active: None,
     };
     let end = tokio::select! {
         e = conn.read_loop(rd) => e,
@@ -201,6 +222,9 @@ where
         _ = shutdown.changed() => End::Abort,
     };
     conn.tasks.abort_all();
+    if let Some(id) = conn.active.take() {
+        lock(&router.device).user_logout(id);
+    }
     match end {
         End::Graceful => {
             tx.close();
@@ -233,6 +257,12 @@ struct Conn {
     tasks: JoinSet<()>,
     last_untagged: Option<JoinHandle<()>>,
     seq: u64,
+    /// The client's address as the router sees it.
+    peer: Option<IpAddr>,
+    /// `api` or `api-ssl` (`/user/active` `via`).
+    via: &'static str,
+    /// This connection's `/user/active` row, once logged in.
+    active: Option<u32>,
 }
 
 impl Conn {
@@ -295,9 +325,13 @@ impl Conn {
                 let user = cmd.get("name").unwrap_or("");
                 let ok = {
                     let mut dev = lock(&self.router.device);
-                    let ok = dev.authenticate(user, cmd.get("password").unwrap_or(""));
+                    let ok = dev.authorize(user, cmd.get("password").unwrap_or(""), self.peer);
                     if ok {
                         dev.note_login(user, now);
+                        if let Some(old) = self.active.take() {
+                            dev.user_logout(old);
+                        }
+                        self.active = Some(dev.user_login(user, self.peer, self.via));
                     }
                     ok
                 };

@@ -12,7 +12,7 @@
 //! | `DELETE /routers/{i}/sessions/{service}/{name}` | unplug a client (no redial) |
 //! | `GET /routers/{i}/menu?path=/ppp/secret` | a menu's rows as JSON objects |
 //! | `GET /routers/{i}/stats?window_ms=N` | command counts (total, per path, in window); `DELETE` resets |
-//! | `PUT /routers/{i}/update` | `{latest_version?, installed_version?}` |
+//! | `PUT /routers/{i}/update` | `{latest_version?, installed_version?, current_firmware?}` |
 //! | `POST /routers/{i}/seed` | `{secrets: N}`: add N secrets `seed-K` / `pw-K` |
 //! | `GET /routers/{i}/files` | `[{name, size}]` |
 //! | `GET /routers/{i}/export?show_sensitive=bool` | the export text |
@@ -442,6 +442,7 @@ async fn reset_stats(State(s): St, Checked(Path(i)): Index) -> ApiResult<Json<Va
 struct UpdateBody {
     latest_version: Option<String>,
     installed_version: Option<String>,
+    current_firmware: Option<String>,
 }
 
 async fn update(
@@ -451,7 +452,7 @@ async fn update(
 ) -> ApiResult<Json<Value>> {
     let r = router(&s, i)?;
     let mut dev = lock(&r.device);
-    for v in [&b.latest_version, &b.installed_version]
+    for v in [&b.latest_version, &b.installed_version, &b.current_firmware]
         .into_iter()
         .flatten()
     {
@@ -463,9 +464,14 @@ async fn update(
     if let Some(v) = b.installed_version {
         dev.update.installed = v;
     }
-    Ok(Json(
-        json!({ "installed_version": dev.update.installed, "latest_version": dev.update.latest }),
-    ))
+    if let Some(v) = b.current_firmware {
+        dev.update.firmware = Some(v);
+    }
+    Ok(Json(json!({
+        "installed_version": dev.update.installed,
+        "latest_version": dev.update.latest,
+        "current_firmware": dev.update.firmware.clone().unwrap_or_else(|| dev.update.installed.clone()),
+    })))
 }
 
 #[derive(Debug, Deserialize)]

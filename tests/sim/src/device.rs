@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -119,6 +120,9 @@ pub struct UpdateState {
     pub checked: bool,
     /// Channel.
     pub channel: String,
+    /// RouterBOARD `current-firmware` when it lags the installed RouterOS (set through the
+    /// control endpoint); `None`: the firmware matches the installed version.
+    pub firmware: Option<String>,
 }
 
 /// A router's state.
@@ -150,11 +154,57 @@ pub struct Device {
     pub cpu_load: u8,
     /// Memory load figure (percent of total used).
     pub memory_load: u8,
+    /// `/user/active`: API logins by id (name, address the router sees, via).
+    pub user_active: BTreeMap<u32, (String, String, &'static str)>,
+    next_user_active: u32,
     next_active: u32,
     next_hs_active: u32,
     next_iface: u32,
     next_addr: u32,
     next_session_id: u32,
+}
+
+/// Whether a RouterOS `address=` list (comma-separated addresses or prefixes; empty: any)
+/// allows `peer`.
+pub fn address_allows(list: &str, peer: IpAddr) -> bool {
+    let entries: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    entries.is_empty() || entries.iter().any(|e| prefix_contains(e, peer))
+}
+
+fn prefix_contains(entry: &str, peer: IpAddr) -> bool {
+    let (addr, len) = match entry.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u32>().ok()),
+        None => (entry, None),
+    };
+    let Ok(net) = addr.parse::<IpAddr>() else {
+        return false;
+    };
+    // An IPv4-mapped peer (dual-stack listener) compares as IPv4.
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+        v4 => v4,
+    };
+    match (net, peer) {
+        (IpAddr::V4(n), IpAddr::V4(p)) => {
+            let len = len.unwrap_or(32).min(32);
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(n) & mask == u32::from(p) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(p)) => {
+            let len = len.unwrap_or(128).min(128);
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            u128::from(n) & mask == u128::from(p) & mask
+        }
+        _ => false,
+    }
 }
 
 /// Longest downtime of a reboot (the control endpoint refuses more; a day is "down" for any test).
@@ -215,12 +265,15 @@ impl Device {
                 latest: version,
                 checked: false,
                 channel: personality.channel.to_string(),
+                firmware: None,
             },
             personality,
             config,
             tables,
             file_data: HashMap::new(),
             sessions: BTreeMap::new(),
+            user_active: BTreeMap::new(),
+            next_user_active: 0,
             clients: BTreeMap::new(),
             boot: now,
             boot_wall: SystemTime::now(),
@@ -439,6 +492,83 @@ impl Device {
             .is_some_and(|r| r.get(pi).unwrap_or("") == password && r.get(di) != Some("true"))
     }
 
+    /// Checks an API login the way RouterOS does beyond the password: the user's group must
+    /// grant the `api` policy, and the user's `address` (if set) must allow `peer`.
+    pub fn authorize(&self, name: &str, password: &str, peer: Option<IpAddr>) -> bool {
+        if !self.authenticate(name, password) {
+            return false;
+        }
+        let Some(t) = self.tables.get(USER) else {
+            return false;
+        };
+        let Some(row) = t.find_key(name).and_then(|id| t.get(id)) else {
+            return false;
+        };
+        let field = |n: &str| t.spec.field_index(n).and_then(|i| row.get(i)).unwrap_or("");
+        if let Some(peer) = peer
+            && !address_allows(field("address"), peer)
+        {
+            return false;
+        }
+        let group = field("group");
+        let Some(g) = self.tables.get(USER_GROUP) else {
+            return false;
+        };
+        let policy = g
+            .find_key(group)
+            .and_then(|id| g.get(id))
+            .and_then(|r| g.spec.field_index("policy").and_then(|i| r.get(i)))
+            .unwrap_or("");
+        policy.split(',').any(|p| p.trim() == "api")
+    }
+
+    /// Whether `/ip/service` `service` allows connections from `peer` (its `address` list;
+    /// empty allows everyone).
+    pub fn service_allows(&self, service: &str, peer: IpAddr) -> bool {
+        let Some(t) = self.tables.get(SERVICE) else {
+            return true;
+        };
+        let Some(row) = t.find_key(service).and_then(|id| t.get(id)) else {
+            return true;
+        };
+        let addr = t
+            .spec
+            .field_index("address")
+            .and_then(|i| row.get(i))
+            .unwrap_or("");
+        address_allows(addr, peer)
+    }
+
+    /// Adds a `/user/active` row for an API login; returns its id.
+    pub fn user_login(&mut self, name: &str, peer: Option<IpAddr>, via: &'static str) -> u32 {
+        let id = self.next_user_active;
+        self.next_user_active += 1;
+        let address = peer.map(|p| p.to_string()).unwrap_or_default();
+        self.user_active
+            .insert(id, (name.to_string(), address, via));
+        id
+    }
+
+    /// Removes a `/user/active` row (the connection closed).
+    pub fn user_logout(&mut self, id: u32) {
+        self.user_active.remove(&id);
+    }
+
+    fn user_active_rows(&self) -> Vec<Vec<(&'static str, String)>> {
+        self.user_active
+            .iter()
+            .map(|(id, (name, address, via))| {
+                vec![
+                    (".id", format_id(*id)),
+                    ("name", name.clone()),
+                    ("address", address.clone()),
+                    ("via", (*via).to_string()),
+                    ("radius", "false".to_string()),
+                ]
+            })
+            .collect()
+    }
+
     /// Records a login in `/user` `last-logged-in`.
     pub fn note_login(&mut self, name: &str, now: Instant) {
         let date = self.personality.date(self.wall(now));
@@ -655,6 +785,10 @@ impl Device {
         }
         match menu {
             "/ppp/active" | "/ip/hotspot/active" => self.active_verb(menu, verb, cmd, now, out),
+            "/user/active" => match verb {
+                "print" | "getall" => self.print_owned(&self.user_active_rows(), cmd, out),
+                _ => Err(CommandError::NoSuchCommand),
+            },
             "/interface" => match verb {
                 "print" | "getall" => self.print_owned(&self.interface_rows(now), cmd, out),
                 "listen" => Ok(Effect::Listen),
@@ -1188,6 +1322,7 @@ impl Device {
         match path {
             "/ppp/active" | "/ip/hotspot/active" => return Some(own(self.active_rows(path, now))),
             "/interface" => return Some(own(self.interface_rows(now))),
+            "/user/active" => return Some(own(self.user_active_rows())),
             "/system/resource" => return Some(own(vec![self.resource_row(now)])),
             "/system/identity" => return Some(vec![vec![("name".into(), self.identity.clone())]]),
             _ => {}
@@ -1428,7 +1563,13 @@ impl Device {
                 "factory-firmware",
                 if p.v7 { "7.1".into() } else { "6.43".into() },
             ),
-            ("current-firmware", self.update.installed.clone()),
+            (
+                "current-firmware",
+                self.update
+                    .firmware
+                    .clone()
+                    .unwrap_or_else(|| self.update.installed.clone()),
+            ),
             ("upgrade-firmware", self.update.installed.clone()),
         ]
     }
@@ -1783,6 +1924,7 @@ const KNOWN: &[&str] = &[
     "/queue/simple",
     "/user",
     "/user/group",
+    "/user/active",
     "/system",
     "/system/resource",
     "/system/identity",
@@ -1968,5 +2110,51 @@ mod tests {
         out.end();
         out.done();
         assert_eq!(reply.as_bytes(), expected);
+    }
+
+    #[test]
+    fn address_lists_allow_by_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(address_allows("", ip("203.0.113.9")));
+        assert!(address_allows("10.0.0.0/8, 127.0.0.1", ip("127.0.0.1")));
+        assert!(address_allows("10.0.0.0/8", ip("10.200.1.1")));
+        assert!(!address_allows("10.0.0.0/8", ip("11.0.0.1")));
+        assert!(address_allows("0.0.0.0/0", ip("192.0.2.1")));
+        assert!(address_allows("2001:db8::/32", ip("2001:db8::7")));
+        assert!(!address_allows("2001:db8::/32", ip("10.0.0.1")));
+        assert!(address_allows("127.0.0.1/32", ip("::ffff:127.0.0.1")));
+        assert!(!address_allows("nonsense", ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn api_logins_need_the_api_policy_and_an_allowed_address() {
+        let now = Instant::now();
+        let mut d = device("7.16.2", now);
+        let local = Some("127.0.0.1".parse().unwrap());
+        assert!(d.authorize("admin", "pw", local));
+        assert!(!d.authorize("admin", "wrong", local));
+        let group = d.tables.get_mut(USER_GROUP).unwrap();
+        let gid = group.find_key("full").unwrap();
+        let pi = group.spec.field_index("policy").unwrap();
+        group
+            .update(gid, &[(pi, Some("read,write,!api".to_string()))])
+            .unwrap();
+        assert!(!d.authorize("admin", "pw", local));
+        let group = d.tables.get_mut(USER_GROUP).unwrap();
+        group
+            .update(gid, &[(pi, Some("read,api".to_string()))])
+            .unwrap();
+        let users = d.tables.get_mut(USER).unwrap();
+        let uid = users.find_key("admin").unwrap();
+        let ai = users.spec.field_index("address").unwrap();
+        users
+            .update(uid, &[(ai, Some("10.0.0.0/8".to_string()))])
+            .unwrap();
+        assert!(!d.authorize("admin", "pw", local));
+        assert!(d.authorize("admin", "pw", Some("10.1.2.3".parse().unwrap())));
+        let id = d.user_login("admin", Some("10.1.2.3".parse().unwrap()), "api");
+        assert_eq!(d.user_active_rows()[0][2].1, "10.1.2.3");
+        d.user_logout(id);
+        assert!(d.user_active_rows().is_empty());
     }
 }

@@ -1,0 +1,758 @@
+//! Router backups: the chunks agents upload (assembled, checked, stored), the staff's list,
+//! download and diff of them, the `backup_now` job staff request, and retention.
+//!
+//! The agent's outbox delivers each [`BackupChunk`] exactly once and in order, and resumes
+//! after a dropped link, so assembly only has to stage parts until the last one: the
+//! assembled file's size and SHA-256 must match what every part announced, or the parts are
+//! discarded (the job's own update still tells staff how it went). A part of a file already
+//! stored (the agent ran the job again after a crash) changes nothing. Bytes live in
+//! `backup_blobs`, one per router and SHA-256; a text export whose configuration equals the
+//! router's previous export (ignoring the dated first line `/export` prints) is recorded
+//! `unchanged` and points at that export's blob instead of storing another copy.
+//!
+//! Secrets: a binary backup is encrypted by the router with the agent's password, which the
+//! controller never has; a text export is stored as the router printed it (RouterOS hides
+//! passwords in `/export` unless `show-sensitive`, which the agent never asks for) and every
+//! export the API serves, downloaded or diffed, passes through [`redact_export`].
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use tikfleet_shared::job::{JobOp, Priority};
+use tikfleet_shared::record::{AuditParams, BackupChunk, BackupKind};
+use tikfleet_shared::secret::REDACTED;
+use tikfleet_shared::{RouterId, TenantId, UnixMillis};
+use uuid::Uuid;
+
+use super::jobs::{JobRecord, NewJob, insert_job, load_job};
+use super::sql::Sql;
+use super::{Db, DbError, RowExt as _, Scope, Staff, audit_staff, to_i64};
+
+/// The largest binary backup a restore job carries (it travels inside one job message,
+/// below the protocol's 4 MiB frame limit).
+pub const MAX_RESTORE_BYTES: usize = 3 * 1024 * 1024;
+
+/// Daily backups kept per router and kind when the tenant sets nothing.
+pub const DEFAULT_KEEP_DAILY: u32 = 30;
+/// Monthly backups kept per router and kind when the tenant sets nothing.
+pub const DEFAULT_KEEP_MONTHLY: u32 = 12;
+
+/// One stored backup file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backup {
+    /// Its id.
+    pub id: Uuid,
+    /// Its tenant.
+    pub tenant_id: TenantId,
+    /// The router.
+    pub router_id: RouterId,
+    /// The job that took it.
+    pub job_id: tikfleet_shared::JobId,
+    /// Export or binary.
+    pub kind: BackupKind,
+    /// When the agent took it.
+    pub taken_at: UnixMillis,
+    /// The router's RouterOS version then.
+    pub ros_version: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+    /// A text export equal to the router's previous one (not stored again).
+    pub unchanged: bool,
+}
+
+const COLUMNS: &str = "id, tenant_id, router_id, job_id, kind, taken_at, ros_version, size, \
+                       sha256, unchanged, blob_sha256";
+
+fn parse_kind(s: &str) -> Result<BackupKind, DbError> {
+    match s {
+        "export" => Ok(BackupKind::Export),
+        "binary" => Ok(BackupKind::Binary),
+        _ => Err(DbError::Corrupt(format!("unknown backup kind {s:?}"))),
+    }
+}
+
+fn from_row(row: &sqlx::any::AnyRow) -> Result<(Backup, String), DbError> {
+    Ok((
+        Backup {
+            id: row.parse("id")?,
+            tenant_id: row.parse("tenant_id")?,
+            router_id: row.parse("router_id")?,
+            job_id: row.parse("job_id")?,
+            kind: parse_kind(&row.text("kind")?)?,
+            taken_at: UnixMillis::new(row.int("taken_at")?),
+            ros_version: row.text("ros_version")?,
+            size: row.uint("size")?,
+            sha256: row.text("sha256")?,
+            unchanged: row.int("unchanged")? != 0,
+        },
+        row.text("blob_sha256")?,
+    ))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn sha256(data: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+/// The SHA-256 of an export's configuration: the text without a first line of the form
+/// `# <date> by RouterOS <version>`, which changes with every export.
+#[must_use]
+pub fn config_sha256(export: &[u8]) -> String {
+    let body = match export.iter().position(|b| *b == b'\n') {
+        Some(end) if export.starts_with(b"# ") && contains(&export[..end], b" by RouterOS") => {
+            &export[end + 1..]
+        }
+        _ => export,
+    };
+    sha256(body)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Words whose values an export never shows: any `key=value` whose key contains one of these
+/// (`password=`, `secret=`, `passphrase=`, `wpa2-pre-shared-key=`, `private-key=`, …).
+const SENSITIVE: [&str; 7] = [
+    "password",
+    "secret",
+    "passphrase",
+    "key",
+    "psk",
+    "token",
+    "community",
+];
+
+/// An export with every sensitive value replaced by `<redacted>`: for each `name=value`
+/// token (value bare or double-quoted, escapes respected) whose name contains a sensitive
+/// word. Everything else is left as it was, so diffs still show what changed.
+#[must_use]
+pub fn redact_export(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        redact_line(line, &mut out);
+    }
+    out
+}
+
+fn redact_line(line: &str, out: &mut String) {
+    if line.trim_start().starts_with('#') {
+        out.push_str(line);
+        return;
+    }
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    let mut token_start = 0;
+    let mut quoted = false;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if quoted {
+            if c == b'\\' {
+                i += 2;
+                continue;
+            }
+            if c == b'"' {
+                quoted = false;
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            b'"' => quoted = true,
+            b' ' | b'\t' => token_start = i + 1,
+            b'=' => {
+                let name = line[token_start..i].to_ascii_lowercase();
+                if SENSITIVE.iter().any(|w| name.contains(w)) {
+                    // Skip the value (bare or quoted).
+                    let mut j = i + 1;
+                    if bytes.get(j) == Some(&b'"') {
+                        j += 1;
+                        while j < bytes.len() && bytes[j] != b'"' {
+                            j += if bytes[j] == b'\\' { 2 } else { 1 };
+                        }
+                        j = (j + 1).min(bytes.len());
+                    } else {
+                        while j < bytes.len() && !matches!(bytes[j], b' ' | b'\t') {
+                            j += 1;
+                        }
+                    }
+                    let value = &line[i + 1..j.min(line.len())];
+                    out.push_str(&line[..=i]);
+                    if value.is_empty() || value == "\"\"" || value == "\\" {
+                        out.push_str(value);
+                    } else {
+                        out.push_str(REDACTED);
+                    }
+                    // Continue after the value; what follows is copied from `j`.
+                    redact_line(&line[j.min(line.len())..], out);
+                    return;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push_str(line);
+}
+
+/// A unified diff of two exports, redacted first; `from` and `to` name them in the header.
+#[must_use]
+pub fn export_diff(old: &str, new: &str, from: &str, to: &str) -> String {
+    let old = redact_export(old);
+    let new = redact_export(new);
+    similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .context_radius(3)
+        .header(from, to)
+        .to_string()
+}
+
+/// Stores one uploaded part inside the hub's transaction; on the last part, assembles and
+/// stores the file. Parts for a file already stored are ignored.
+pub(crate) async fn ingest_chunk(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: TenantId,
+    now: UnixMillis,
+    chunk: &BackupChunk,
+) -> Result<(), DbError> {
+    let job = chunk.job_id.to_string();
+    let kind = chunk.kind.as_str();
+    let mut q = Sql::new("SELECT id FROM backups WHERE job_id = ");
+    q.bind(job.clone())
+        .push(" AND kind = ")
+        .bind(kind.to_owned());
+    if q.fetch_optional(&mut **tx).await?.is_some() {
+        return Ok(());
+    }
+    if chunk.offset == 0 {
+        // A new attempt of the job starts the file over.
+        let mut q = Sql::new("DELETE FROM backup_chunks WHERE job_id = ");
+        q.bind(job.clone())
+            .push(" AND kind = ")
+            .bind(kind.to_owned());
+        q.execute(&mut **tx).await?;
+    }
+    let mut q = Sql::new("INSERT INTO backup_chunks (job_id, kind, chunk_offset, data) VALUES (");
+    q.bind(job.clone())
+        .push(", ")
+        .bind(kind.to_owned())
+        .push(", ")
+        .bind(to_i64(chunk.offset))
+        .push(", ")
+        .bind(B64.encode(&chunk.data))
+        .push(") ON CONFLICT (job_id, kind, chunk_offset) DO NOTHING");
+    q.execute(&mut **tx).await?;
+    if !chunk.last {
+        return Ok(());
+    }
+    let mut q = Sql::new("SELECT chunk_offset, data FROM backup_chunks WHERE job_id = ");
+    q.bind(job.clone())
+        .push(" AND kind = ")
+        .bind(kind.to_owned())
+        .push(" ORDER BY chunk_offset");
+    let mut data = Vec::with_capacity(usize::try_from(chunk.total_size).unwrap_or(0));
+    let mut intact = true;
+    for row in q.fetch_all(&mut **tx).await? {
+        if row.uint("chunk_offset")? != data.len() as u64 {
+            intact = false;
+            break;
+        }
+        let part = B64
+            .decode(row.text("data")?)
+            .map_err(|e| DbError::Corrupt(format!("backup chunk: {e}")))?;
+        data.extend_from_slice(&part);
+    }
+    let mut q = Sql::new("DELETE FROM backup_chunks WHERE job_id = ");
+    q.bind(job.clone())
+        .push(" AND kind = ")
+        .bind(kind.to_owned());
+    q.execute(&mut **tx).await?;
+    let digest = sha256(&data);
+    if !intact || data.len() as u64 != chunk.total_size || digest != hex(&chunk.sha256) {
+        tracing::warn!(
+            job = %chunk.job_id,
+            router = %chunk.router_id,
+            kind,
+            "a backup arrived incomplete or damaged; discarded"
+        );
+        return Ok(());
+    }
+    let config = match chunk.kind {
+        BackupKind::Export => config_sha256(&data),
+        BackupKind::Binary => digest.clone(),
+    };
+    // The router's previous backup of this kind: the same configuration means unchanged.
+    let mut q = Sql::new("SELECT config_sha256, blob_sha256 FROM backups WHERE router_id = ");
+    q.bind(chunk.router_id.to_string())
+        .push(" AND kind = ")
+        .bind(kind.to_owned())
+        .push(" ORDER BY taken_at DESC, id DESC LIMIT 1");
+    let previous = q.fetch_optional(&mut **tx).await?;
+    let unchanged_blob = match (&previous, chunk.kind) {
+        (Some(row), BackupKind::Export) if row.text("config_sha256")? == config => {
+            Some(row.text("blob_sha256")?)
+        }
+        _ => None,
+    };
+    let blob = match unchanged_blob.clone() {
+        Some(b) => b,
+        None => {
+            let mut q = Sql::new("INSERT INTO backup_blobs (router_id, sha256, data) VALUES (");
+            q.bind(chunk.router_id.to_string())
+                .push(", ")
+                .bind(digest.clone())
+                .push(", ")
+                .bind(B64.encode(&data))
+                .push(") ON CONFLICT (router_id, sha256) DO NOTHING");
+            q.execute(&mut **tx).await?;
+            digest.clone()
+        }
+    };
+    let mut q = Sql::new(
+        "INSERT INTO backups (id, tenant_id, router_id, job_id, kind, taken_at, received_at, \
+         ros_version, size, sha256, config_sha256, blob_sha256, unchanged) VALUES (",
+    );
+    q.bind(Uuid::now_v7().to_string())
+        .push(", ")
+        .bind(tenant.to_string())
+        .push(", ")
+        .bind(chunk.router_id.to_string())
+        .push(", ")
+        .bind(job)
+        .push(", ")
+        .bind(kind.to_owned())
+        .push(", ")
+        .bind(chunk.taken_at.as_millis())
+        .push(", ")
+        .bind(now.as_millis())
+        .push(", ")
+        .bind(chunk.ros_version.clone())
+        .push(", ")
+        .bind(to_i64(chunk.total_size))
+        .push(", ")
+        .bind(digest)
+        .push(", ")
+        .bind(config)
+        .push(", ")
+        .bind(blob)
+        .push(", ")
+        .bind(i64::from(unchanged_blob.is_some()))
+        .push(")");
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Which backups of a router and kind retention keeps: newest first in `taken`, the newest
+/// of each of the last `daily` distinct UTC days and of each of the last `monthly` distinct
+/// months (the newest backup is always kept). Returns the indexes to delete.
+#[must_use]
+pub fn retention_victims(taken: &[UnixMillis], daily: u32, monthly: u32) -> Vec<usize> {
+    let mut keep = vec![false; taken.len()];
+    if let Some(k) = keep.first_mut() {
+        *k = true;
+    }
+    let mut days: Vec<i64> = Vec::new();
+    let mut months: Vec<(i32, u8)> = Vec::new();
+    for (i, t) in taken.iter().enumerate() {
+        let ms = t.as_millis();
+        let day = ms.div_euclid(86_400_000);
+        if !days.contains(&day) && days.len() < daily as usize {
+            days.push(day);
+            keep[i] = true;
+        }
+        let month = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+            .map(|d| (d.year(), u8::from(d.month())))
+            .unwrap_or((0, 0));
+        if !months.contains(&month) && months.len() < monthly as usize {
+            months.push(month);
+            keep[i] = true;
+        }
+    }
+    keep.iter()
+        .enumerate()
+        .filter(|(_, k)| !**k)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// A router and kind's backups for retention: key, daily and monthly limits, (id, taken at)
+/// newest first.
+type Group = (String, u32, u32, Vec<(String, UnixMillis)>);
+
+impl Db {
+    /// A router's backups, newest first (at most `limit`).
+    ///
+    /// # Errors
+    /// The router is not visible, or the database failed.
+    pub async fn list_backups(
+        &self,
+        scope: &Scope,
+        router: RouterId,
+        limit: u32,
+    ) -> Result<Vec<Backup>, DbError> {
+        let mut tx = self.begin().await?;
+        super::routers::load(&mut tx, scope, router).await?;
+        let mut q = Sql::new("SELECT ");
+        q.push(COLUMNS)
+            .push(" FROM backups WHERE router_id = ")
+            .bind(router.to_string());
+        scope.filter(&mut q, "tenant_id");
+        q.push(" ORDER BY taken_at DESC, id DESC LIMIT ")
+            .bind(i64::from(limit));
+        let rows = q.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows.iter().map(|r| from_row(r).map(|(b, _)| b)).collect()
+    }
+
+    /// One backup and its bytes.
+    ///
+    /// # Errors
+    /// Not found (or not visible), or the database failed.
+    pub async fn get_backup(&self, scope: &Scope, id: Uuid) -> Result<(Backup, Vec<u8>), DbError> {
+        let mut q = Sql::new("SELECT ");
+        q.push(COLUMNS)
+            .push(" FROM backups WHERE id = ")
+            .bind(id.to_string());
+        scope.filter(&mut q, "tenant_id");
+        let row = q
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(DbError::NotFound("backup"))?;
+        let (backup, blob) = from_row(&row)?;
+        let mut q = Sql::new("SELECT data FROM backup_blobs WHERE router_id = ");
+        q.bind(backup.router_id.to_string())
+            .push(" AND sha256 = ")
+            .bind(blob);
+        let row = q
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| DbError::Corrupt(format!("backup {id} has no stored bytes")))?;
+        let data = B64
+            .decode(row.text("data")?)
+            .map_err(|e| DbError::Corrupt(format!("backup {id}: {e}")))?;
+        Ok((backup, data))
+    }
+
+    /// Records that staff downloaded or compared a backup (no content in the audit row).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn audit_backup_read(
+        &self,
+        staff: &Staff,
+        backup: &Backup,
+        action: &str,
+        against: Option<Uuid>,
+    ) -> Result<(), DbError> {
+        let mut tx = self.begin().await?;
+        let mut params = AuditParams::new();
+        params.insert("backup_id", backup.id.to_string());
+        params.insert("kind", backup.kind.as_str().to_owned());
+        if let Some(a) = against {
+            params.insert("against", a.to_string());
+        }
+        audit_staff(
+            &mut tx,
+            self.now(),
+            Some(backup.tenant_id),
+            Some(backup.router_id),
+            &staff.actor,
+            action,
+            &params,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Queues a `backup_now` job for a router; follow it with `GET /jobs/{id}`.
+    ///
+    /// # Errors
+    /// The router is not visible, or the database failed.
+    pub async fn request_backup(
+        &self,
+        staff: &Staff,
+        router_id: RouterId,
+    ) -> Result<JobRecord, DbError> {
+        let now = self.now();
+        let mut tx = self.begin().await?;
+        let router = super::routers::load(&mut tx, &staff.scope, router_id).await?;
+        let op = JobOp::BackupNow { name: None };
+        let job = insert_job(
+            &mut tx,
+            self.key(),
+            NewJob {
+                tenant: router.tenant_id,
+                router: router_id,
+                idempotency_key: format!("backup:{router_id}:{}", Uuid::now_v7()),
+                priority: Priority::Normal,
+                op: &op,
+                now,
+                generation: None,
+            },
+        )
+        .await?;
+        let mut params = AuditParams::new();
+        params.insert("job_id", job.to_string());
+        audit_staff(
+            &mut tx,
+            now,
+            Some(router.tenant_id),
+            Some(router_id),
+            &staff.actor,
+            "router.backup",
+            &params,
+        )
+        .await?;
+        let record = load_job(&mut tx, job).await?;
+        tx.commit().await?;
+        self.notify([router.agent_id]);
+        Ok(record)
+    }
+
+    /// Queues a `restore` job that carries binary backup `id` to its router's agent; follow
+    /// it with `GET /jobs/{id}`.
+    ///
+    /// # Errors
+    /// Not found (or not visible); not a binary backup, or too large to travel in one job
+    /// (`Unprocessable`); or the database failed.
+    pub async fn request_restore(&self, staff: &Staff, id: Uuid) -> Result<JobRecord, DbError> {
+        let (backup, data) = self.get_backup(&staff.scope, id).await?;
+        if backup.kind != BackupKind::Binary {
+            return Err(DbError::Unprocessable(
+                "only a binary backup can be restored; a text export is for reading and diffs"
+                    .into(),
+            ));
+        }
+        if data.len() > MAX_RESTORE_BYTES {
+            return Err(DbError::Unprocessable(format!(
+                "the backup is {} bytes; restores carry at most {MAX_RESTORE_BYTES} bytes for now",
+                data.len()
+            )));
+        }
+        let now = self.now();
+        let mut tx = self.begin().await?;
+        let router = super::routers::load(&mut tx, &staff.scope, backup.router_id).await?;
+        let sha = ring::digest::digest(&ring::digest::SHA256, &data)
+            .as_ref()
+            .to_vec();
+        let job_key = format!("restore:{id}:{}", Uuid::now_v7());
+        let op = JobOp::Restore {
+            name: format!("tikfleet-restore-{}", Uuid::now_v7().simple()),
+            backup_id: Some(id.to_string()),
+            data,
+            sha256: sha,
+        };
+        let job = insert_job(
+            &mut tx,
+            self.key(),
+            NewJob {
+                tenant: router.tenant_id,
+                router: router.id,
+                idempotency_key: job_key,
+                priority: Priority::Critical,
+                op: &op,
+                now,
+                generation: None,
+            },
+        )
+        .await?;
+        let mut params = AuditParams::new();
+        params.insert("job_id", job.to_string());
+        params.insert("backup_id", id.to_string());
+        audit_staff(
+            &mut tx,
+            now,
+            Some(router.tenant_id),
+            Some(router.id),
+            &staff.actor,
+            "backup.restore",
+            &params,
+        )
+        .await?;
+        let record = load_job(&mut tx, job).await?;
+        tx.commit().await?;
+        self.notify([router.agent_id]);
+        Ok(record)
+    }
+
+    /// Applies each tenant's retention (newest of each of the last N days and M months per
+    /// router and kind) at `now`'s database, deleting other backups and blobs nothing uses.
+    /// Returns how many backups were deleted.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn apply_backup_retention(&self) -> Result<u64, DbError> {
+        let mut tx = self.begin().await?;
+        let rows = Sql::new(
+            "SELECT b.id, b.router_id, b.kind, b.taken_at, t.backup_keep_daily, \
+             t.backup_keep_monthly FROM backups b JOIN tenants t ON t.id = b.tenant_id \
+             ORDER BY b.router_id, b.kind, b.taken_at DESC, b.id DESC",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut groups: Vec<Group> = Vec::new();
+        for row in &rows {
+            let key = format!("{}/{}", row.text("router_id")?, row.text("kind")?);
+            let limit = |c: &str, d: u32| -> Result<u32, DbError> {
+                Ok(row
+                    .opt_int(c)?
+                    .map_or(d, |v| u32::try_from(v.max(0)).unwrap_or(u32::MAX)))
+            };
+            let daily = limit("backup_keep_daily", DEFAULT_KEEP_DAILY)?;
+            let monthly = limit("backup_keep_monthly", DEFAULT_KEEP_MONTHLY)?;
+            let item = (row.text("id")?, UnixMillis::new(row.int("taken_at")?));
+            match groups.last_mut() {
+                Some(g) if g.0 == key => g.3.push(item),
+                _ => groups.push((key, daily, monthly, vec![item])),
+            }
+        }
+        let mut deleted = 0u64;
+        for (_, daily, monthly, items) in &groups {
+            let taken: Vec<UnixMillis> = items.iter().map(|(_, t)| *t).collect();
+            for i in retention_victims(&taken, *daily, *monthly) {
+                let mut q = Sql::new("DELETE FROM backups WHERE id = ");
+                q.bind(items[i].0.clone());
+                q.execute(&mut *tx).await?;
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            Sql::new(
+                "DELETE FROM backup_blobs WHERE NOT EXISTS (SELECT 1 FROM backups b WHERE \
+                 b.router_id = backup_blobs.router_id AND b.blob_sha256 = backup_blobs.sha256)",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}
+
+/// How often the retention task runs.
+pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The task that applies backup retention on the controller's clock: a run at once, then
+/// one per [`RETENTION_INTERVAL`].
+#[derive(Debug)]
+pub struct RetentionTask {
+    stop: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RetentionTask {
+    /// Starts the task.
+    #[must_use]
+    pub fn start(db: Db, clock: crate::clock::SharedClock) -> Self {
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let stopped = std::sync::Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            loop {
+                match db.apply_backup_retention().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "backup retention ran"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "backup retention failed; retrying at the next interval")
+                    }
+                }
+                let next = clock.now().saturating_add(RETENTION_INTERVAL);
+                tokio::select! {
+                    () = stopped.notified() => break,
+                    () = clock.sleep_until(next) => {}
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops the task and waits for it.
+    pub async fn shutdown(self) {
+        self.stop.notify_one();
+        let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: &str) {
+        assert_eq!(redact_export(input), expected, "input: {input}");
+    }
+
+    #[test]
+    fn redaction() {
+        check(
+            "add name=alice password=s3cret profile=p",
+            "add name=alice password=<redacted> profile=p",
+        );
+        check(
+            "add name=bob password=\"a b\\\" c\" service=pppoe",
+            "add name=bob password=<redacted> service=pppoe",
+        );
+        check(
+            "set wpa2-pre-shared-key=abc secret=x authentication-types=wpa2-psk",
+            "set wpa2-pre-shared-key=<redacted> secret=<redacted> authentication-types=wpa2-psk",
+        );
+        check("add name=x password=\"\"", "add name=x password=\"\"");
+        check("# password=kept comment", "# password=kept comment");
+        check(
+            "/ip address add address=10.0.0.1/24",
+            "/ip address add address=10.0.0.1/24",
+        );
+        check(
+            "add comment=\"key=val in quotes\" name=a",
+            "add comment=\"key=val in quotes\" name=a",
+        );
+    }
+
+    #[test]
+    fn config_hash_ignores_the_dated_line() {
+        let a = b"# 2024-01-01 10:00:00 by RouterOS 7.15\n/system identity\nset name=r1\n";
+        let b = b"# 2024-01-02 11:00:00 by RouterOS 7.15\n/system identity\nset name=r1\n";
+        let c = b"# 2024-01-02 11:00:00 by RouterOS 7.15\n/system identity\nset name=r2\n";
+        assert_eq!(config_sha256(a), config_sha256(b));
+        assert_ne!(config_sha256(a), config_sha256(c));
+    }
+
+    #[test]
+    fn diff_is_redacted() {
+        let d = export_diff(
+            "add name=a password=one\n",
+            "add name=a password=two\nadd name=b\n",
+            "old",
+            "new",
+        );
+        assert!(d.contains("+add name=b"), "{d}");
+        assert!(!d.contains("one") && !d.contains("two"), "{d}");
+    }
+
+    #[test]
+    fn retention_keeps_days_and_months() {
+        const DAY: i64 = 86_400_000;
+        // Newest first: two backups a day for 40 days, 2023-11-14 to 2023-12-23.
+        let base = 1_700_000_000_000 - 1_700_000_000_000 % DAY;
+        let taken: Vec<UnixMillis> = (0..80)
+            .map(|i| UnixMillis::new(base + 40 * DAY - 1 - i * DAY / 2))
+            .collect();
+        let victims = retention_victims(&taken, 3, 2);
+        let kept: Vec<usize> = (0..80).filter(|i| !victims.contains(i)).collect();
+        // The newest of the 3 newest days, and of November (the 30th); December's newest
+        // is the newest day's.
+        assert_eq!(kept, [0, 2, 4, 46]);
+        assert_eq!(retention_victims(&taken, 100, 100).len(), 40);
+        assert!(retention_victims(&taken[..1], 0, 0).is_empty());
+    }
+}
