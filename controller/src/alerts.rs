@@ -11,11 +11,9 @@
 //! (a job failed for good), `auth_failure` (a router refused the agent's login within 5
 //! minutes). Outbox-near-cap is not a rule yet: agents do not report their cap.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
 
 use crate::clock::SharedClock;
 use crate::db::Db;
@@ -353,48 +351,41 @@ impl AlertRules {
 /// The alert task: runs [`Db::evaluate_alerts`] every [`EVAL_INTERVAL`] on the controller's
 /// clock until shut down.
 #[derive(Debug)]
-pub struct AlertTask {
-    stop: Arc<tokio::sync::Notify>,
-    task: JoinHandle<()>,
-}
+pub struct AlertTask(crate::periodic::Periodic);
 
 impl AlertTask {
     /// Starts the task (an evaluation at once, then one per interval).
     #[must_use]
     pub fn start(db: Db, clock: SharedClock, interval: Duration) -> Self {
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopped = Arc::clone(&stop);
-        let task = tokio::spawn(async move {
-            loop {
-                match db.evaluate_alerts().await {
-                    Ok(r) if r.fired + r.resolved + r.reminders > 0 || r.failed_tenants > 0 => {
-                        tracing::info!(
-                            fired = r.fired,
-                            resolved = r.resolved,
-                            reminders = r.reminders,
-                            failed_tenants = r.failed_tenants,
-                            "alert rules evaluated"
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "evaluating alert rules failed; retrying at the next interval");
+        Self(crate::periodic::Periodic::start(
+            clock,
+            interval,
+            move || {
+                let db = db.clone();
+                async move {
+                    match db.evaluate_alerts().await {
+                        Ok(r) if r.fired + r.resolved + r.reminders > 0 || r.failed_tenants > 0 => {
+                            tracing::info!(
+                                fired = r.fired,
+                                resolved = r.resolved,
+                                reminders = r.reminders,
+                                failed_tenants = r.failed_tenants,
+                                "alert rules evaluated"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "evaluating alert rules failed; retrying at the next interval");
+                        }
                     }
                 }
-                let next = clock.now().saturating_add(interval);
-                tokio::select! {
-                    () = stopped.notified() => break,
-                    () = clock.sleep_until(next) => {}
-                }
-            }
-        });
-        Self { stop, task }
+            },
+        ))
     }
 
     /// Stops the task and waits for it.
     pub async fn shutdown(self) {
-        self.stop.notify_one();
-        let _ = self.task.await;
+        self.0.shutdown().await;
     }
 }
 

@@ -15,6 +15,7 @@ pub mod hub;
 pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
+pub mod periodic;
 pub mod server;
 
 /// The highest agent⇄controller protocol version this controller speaks.

@@ -647,40 +647,33 @@ pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_se
 /// The task that applies backup retention on the controller's clock: a run at once, then
 /// one per [`RETENTION_INTERVAL`].
 #[derive(Debug)]
-pub struct RetentionTask {
-    stop: std::sync::Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<()>,
-}
+pub struct RetentionTask(crate::periodic::Periodic);
 
 impl RetentionTask {
     /// Starts the task.
     #[must_use]
     pub fn start(db: Db, clock: crate::clock::SharedClock) -> Self {
-        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
-        let stopped = std::sync::Arc::clone(&stop);
-        let task = tokio::spawn(async move {
-            loop {
-                match db.apply_backup_retention().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(deleted = n, "backup retention ran"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "backup retention failed; retrying at the next interval")
+        Self(crate::periodic::Periodic::start(
+            clock,
+            RETENTION_INTERVAL,
+            move || {
+                let db = db.clone();
+                async move {
+                    match db.apply_backup_retention().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "backup retention ran"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "backup retention failed; retrying at the next interval")
+                        }
                     }
                 }
-                let next = clock.now().saturating_add(RETENTION_INTERVAL);
-                tokio::select! {
-                    () = stopped.notified() => break,
-                    () = clock.sleep_until(next) => {}
-                }
-            }
-        });
-        Self { stop, task }
+            },
+        ))
     }
 
     /// Stops the task and waits for it.
     pub async fn shutdown(self) {
-        self.stop.notify_one();
-        let _ = self.task.await;
+        self.0.shutdown().await;
     }
 }
 

@@ -6,13 +6,10 @@
 //! The agent does the work (`agent/src/credentials.rs`); the controller never sees a router
 //! password, old or new.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 use tikfleet_shared::job::{JobOp, JobStatus, JobUpdate, Priority};
 use tikfleet_shared::record::AuditParams;
 use tikfleet_shared::{RouterId, TenantId, UnixMillis};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::jobs::{JobRecord, NewJob, insert_job, load_job};
@@ -419,39 +416,34 @@ pub(crate) async fn on_job_update(
 /// The rotation schedule: [`Db::queue_due_rotations`] at once and then every `interval` on
 /// the controller's clock, until shut down.
 #[derive(Debug)]
-pub struct RotationTask {
-    stop: Arc<tokio::sync::Notify>,
-    task: JoinHandle<()>,
-}
+pub struct RotationTask(crate::periodic::Periodic);
 
 impl RotationTask {
     /// Starts the task.
     #[must_use]
     pub fn start(db: Db, clock: SharedClock, interval: std::time::Duration) -> Self {
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopped = Arc::clone(&stop);
-        let task = tokio::spawn(async move {
-            loop {
-                match db.queue_due_rotations().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(queued = n, "scheduled credential rotations queued"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "scheduling credential rotations failed; retrying at the next interval")
+        Self(crate::periodic::Periodic::start(
+            clock,
+            interval,
+            move || {
+                let db = db.clone();
+                async move {
+                    match db.queue_due_rotations().await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(queued = n, "scheduled credential rotations queued")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "scheduling credential rotations failed; retrying at the next interval")
+                        }
                     }
                 }
-                let next = clock.now().saturating_add(interval);
-                tokio::select! {
-                    () = stopped.notified() => break,
-                    () = clock.sleep_until(next) => {}
-                }
-            }
-        });
-        Self { stop, task }
+            },
+        ))
     }
 
     /// Stops the task and waits for it.
     pub async fn shutdown(self) {
-        self.stop.notify_one();
-        let _ = self.task.await;
+        self.0.shutdown().await;
     }
 }

@@ -13,12 +13,10 @@
 //! window and from rollups otherwise.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tikfleet_shared::record::{Telemetry, TelemetrySample, VersionSample};
 use tikfleet_shared::{RouterId, TenantId, UnixMillis};
-use tokio::task::JoinHandle;
 
 use super::routers::{ROUTER_COLUMNS, Router, router};
 use super::sql::Sql;
@@ -637,46 +635,40 @@ impl Db {
 /// The health retention task: runs [`Db::health_maintenance`] every
 /// [`HealthRetention::interval`] on the controller's clock until shut down.
 #[derive(Debug)]
-pub struct HealthTask {
-    stop: Arc<tokio::sync::Notify>,
-    task: JoinHandle<()>,
-}
+pub struct HealthTask(crate::periodic::Periodic);
 
 impl HealthTask {
     /// Starts the task (a run at once, then one per interval).
     #[must_use]
     pub fn start(db: Db, clock: SharedClock, retention: HealthRetention) -> Self {
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopped = Arc::clone(&stop);
-        let task = tokio::spawn(async move {
-            loop {
-                match db.health_maintenance(&retention).await {
-                    Ok(r) if r != MaintenanceReport::default() => {
-                        tracing::debug!(
-                            rolled_up = r.rolled_up,
-                            raw_deleted = r.raw_deleted,
-                            rollups_deleted = r.rollups_deleted,
-                            "health retention ran"
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "health retention failed; retrying at the next interval")
+        let interval = retention.interval;
+        Self(crate::periodic::Periodic::start(
+            clock,
+            interval,
+            move || {
+                let db = db.clone();
+                async move {
+                    match db.health_maintenance(&retention).await {
+                        Ok(r) if r != MaintenanceReport::default() => {
+                            tracing::debug!(
+                                rolled_up = r.rolled_up,
+                                raw_deleted = r.raw_deleted,
+                                rollups_deleted = r.rollups_deleted,
+                                "health retention ran"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "health retention failed; retrying at the next interval")
+                        }
                     }
                 }
-                let next = clock.now().saturating_add(retention.interval);
-                tokio::select! {
-                    () = stopped.notified() => break,
-                    () = clock.sleep_until(next) => {}
-                }
-            }
-        });
-        Self { stop, task }
+            },
+        ))
     }
 
     /// Stops the task and waits for it.
     pub async fn shutdown(self) {
-        self.stop.notify_one();
-        let _ = self.task.await;
+        self.0.shutdown().await;
     }
 }
