@@ -238,6 +238,7 @@ async fn settings_and_plan_overrides_reach_the_desired_state() {
 
     // Set: fields left out take their defaults; notice days are sorted, deduplicated.
     let generation = state.generation;
+    let b_generation = state_of(&app.t.db, b.agent, b.router).await.generation;
     let (st, v) = app
         .put(
             &a.tenant.operator,
@@ -268,7 +269,8 @@ async fn settings_and_plan_overrides_reach_the_desired_state() {
     }
     assert_eq!(
         state_of(&app.t.db, b.agent, b.router).await.generation,
-        state_of(&app.t.db, b.agent, b.router).await.generation,
+        b_generation,
+        "another tenant's routers keep their generation"
     );
     let rows = audit(&app, &a.tenant.viewer, "tenant.lifecycle_settings").await;
     assert_eq!(rows.len(), 1);

@@ -84,7 +84,7 @@ async fn cpu_and_agent_alerts_fire_and_resolve_with_one_notice_each() {
         let shared: SharedClock = Arc::new(clock.clone());
         let running = agent.start_with_clock(Arc::clone(&shared));
         tikfleet_e2e::fleet::connected(&ops, &agent.id).await;
-        add_router(&ops, &sim, 0, &agent.id, "core-1").await;
+        let router = add_router(&ops, &sim, 0, &agent.id, "core-1").await;
 
         // Five minutes and more of 95 % CPU, in steps the probes and the alert task see.
         let firing = eventually("cpu_high to fire", SETTLE, || async {
@@ -103,11 +103,18 @@ async fn cpu_and_agent_alerts_fire_and_resolve_with_one_notice_each() {
             .then_some(())
         })
         .await;
-        // Many more evaluations while it stays high: no second notice.
-        for _ in 0..8 {
-            clock.advance(Duration::from_secs(15));
-            tokio::task::yield_now().await;
-        }
+        // Two more minutes of high CPU (four more probe samples stored, eight evaluations):
+        // no second notice.
+        let samples = || async {
+            let (_, v) = ops.get(&format!("/api/v1/routers/{router}/health?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&step=30")).await;
+            v["points"].as_array().map_or(0, Vec::len)
+        };
+        let before = samples().await;
+        eventually("four more samples while the CPU stays high", SETTLE, || async {
+            clock.advance(Duration::from_secs(5));
+            (samples().await >= before + 4).then_some(())
+        })
+        .await;
         let mails_before = smtp.to("noc@acme.example").len();
 
         // The CPU drops: resolved, one notice.
