@@ -27,6 +27,9 @@ pub struct AppState {
     pub clock: SharedClock,
     /// What enrolling agents are told about the hub.
     pub hub: HubInfo,
+    /// How long raw health samples are kept: `GET /routers/{id}/health` answers from them
+    /// within this window (rollups otherwise).
+    pub health_raw: std::time::Duration,
 }
 
 impl AppState {
@@ -38,7 +41,15 @@ impl AppState {
             db,
             clock,
             hub,
+            health_raw: crate::db::health::HealthRetention::default().raw,
         }
+    }
+
+    /// The same state with the controller's configured raw health retention.
+    #[must_use]
+    pub const fn with_health_raw(mut self, raw: std::time::Duration) -> Self {
+        self.health_raw = raw;
+        self
     }
 }
 

@@ -171,7 +171,9 @@ impl Server {
             clock.clone(),
             crate::alerts::EVAL_INTERVAL,
         );
-        let app = api_router(AppState::new(db.clone(), clock, hub_info.clone()));
+        let app = api_router(
+            AppState::new(db.clone(), clock, hub_info.clone()).with_health_raw(config.health.raw),
+        );
         let (api_stop, stopped) = oneshot::channel::<()>();
         let api_task = tokio::spawn(async move {
             let served = axum::serve(listener, app)

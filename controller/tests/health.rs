@@ -9,7 +9,7 @@ mod common;
 use std::future::Future;
 use std::time::Duration;
 
-use common::{START, TestApp, spawn_app};
+use common::{START, TestApp, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tikfleet_controller::db::health::{HealthRetention, MaintenanceReport};
@@ -395,6 +395,96 @@ async fn another_tenants_router_health_is_not_found_and_samples_of_foreign_route
         assert!(points.iter().all(|p| p["cpu_max"] != 99), "{v}");
         let (s, _) = a.health(&app, &app.admin, &q).await;
         assert_eq!(s, StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn samples_arriving_after_their_bucket_was_rolled_up_are_rolled_up_too() {
+    within(async {
+        let app = spawn_app().await;
+        let mut a = Site::new(&app, "acme").await;
+        let retention = HealthRetention::default();
+        a.commit(&app, series(a.router, START, 120)).await;
+        app.t.clock.set(UnixMillis(START + 3_600_000));
+        let r = app.t.db.health_maintenance(&retention).await.unwrap();
+        assert_eq!(r.rolled_up, 12);
+        let range = format!(
+            "from={}&to={}&step=300",
+            rfc3339(START),
+            rfc3339(START + 300_000)
+        );
+        let first = |v: &Value| v["points"][0].clone();
+
+        // Two samples of the first bucket arrive an hour late (an agent was offline): the
+        // next run rolls the bucket up again from all twelve of its raw samples.
+        a.commit(
+            &app,
+            vec![
+                sample(a.router, START + 5_000, 100, 1_000),
+                sample(a.router, START + 6_000, 95, 2_000),
+            ],
+        )
+        .await;
+        let r = app.t.db.health_maintenance(&retention).await.unwrap();
+        assert_eq!(r.late_rolled_up, 1, "{r:?}");
+        assert_eq!(r.rolled_up, 0);
+        let (_, v) = a.health(&app, &a.viewer, &range).await;
+        assert_eq!(v["source"], "rollup");
+        let p = first(&v);
+        assert_eq!(p["samples"], 12, "{v}");
+        assert_eq!(p["cpu_max"], 100);
+        assert_eq!(p["mem_free_min"], 1_000);
+        // Done with: the next run has nothing late.
+        let r = app.t.db.health_maintenance(&retention).await.unwrap();
+        assert_eq!(r.late_rolled_up, 0);
+
+        // Two days on the first hour's raw samples are gone; one more sample of the first
+        // bucket arrives: it is added to the rollup (not counted twice), then deleted.
+        app.t.clock.set(UnixMillis(START + 50 * 3_600_000));
+        let r = app.t.db.health_maintenance(&retention).await.unwrap();
+        assert_eq!(r.raw_deleted, 122);
+        a.commit(&app, vec![sample(a.router, START + 7_000, 99, 500)])
+            .await;
+        let r = app.t.db.health_maintenance(&retention).await.unwrap();
+        assert_eq!(r.late_rolled_up, 1);
+        assert_eq!(r.raw_deleted, 1);
+        let (_, v) = a.health(&app, &a.viewer, &range).await;
+        let p = first(&v);
+        assert_eq!(p["samples"], 13, "{v}");
+        assert_eq!(p["cpu_max"], 100);
+        assert_eq!(p["mem_free_min"], 500);
+        let r = app.t.db.health_maintenance(&retention).await.unwrap();
+        assert_eq!(r, MaintenanceReport::default());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_api_reads_raw_samples_within_the_configured_raw_window() {
+    within(async {
+        // Raw samples kept 72 hours instead of 48.
+        let app = spawn_app_with(|s| s.with_health_raw(Duration::from_secs(72 * 3600))).await;
+        let mut a = Site::new(&app, "acme").await;
+        a.commit(&app, series(a.router, START, 120)).await;
+        app.t.clock.set(UnixMillis(START + 60 * 3_600_000));
+        let range = format!(
+            "from={}&to={}&step=60",
+            rfc3339(START),
+            rfc3339(START + 3_600_000)
+        );
+        let (status, v) = a.health(&app, &a.viewer, &range).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["source"], "raw", "{v}");
+        assert_eq!(v["points"].as_array().unwrap().len(), 60);
+
+        // With the default 48 hours the same question is answered from rollups.
+        let app = spawn_app().await;
+        let mut b = Site::new(&app, "acme").await;
+        b.commit(&app, series(b.router, START, 120)).await;
+        app.t.clock.set(UnixMillis(START + 60 * 3_600_000));
+        let (_, v) = b.health(&app, &b.viewer, &range).await;
+        assert_eq!(v["source"], "rollup", "{v}");
     })
     .await;
 }

@@ -13,7 +13,7 @@ use super::extract::{ApiPath, ApiQuery, Auth};
 use super::routers::{RouterDto, RouterList};
 use super::{ListQuery, validate};
 use crate::app::AppState;
-use crate::db::health::{HealthPoint, HealthRetention, HealthSeries};
+use crate::db::health::{HealthPoint, HealthSeries};
 
 /// The range and step of a health query.
 #[derive(Deserialize, IntoParams)]
@@ -145,14 +145,7 @@ pub async fn show(
     let step = q.step.unwrap_or(60);
     let series = st
         .db
-        .router_health(
-            &p.scope(),
-            id,
-            from,
-            to,
-            step,
-            HealthRetention::default().raw,
-        )
+        .router_health(&p.scope(), id, from, to, step, st.health_raw)
         .await?;
     Ok(Json(series.into()))
 }

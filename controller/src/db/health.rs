@@ -7,8 +7,9 @@
 //! samples the batch holds (a version report, daily per router, is one update each).
 //! [`Db::health_maintenance`] (run by [`HealthTask`] on the controller's clock) rolls each
 //! complete 5-minute bucket up once, behind a watermark, then deletes raw samples older than
-//! the raw retention (48 h) and rollups older than theirs (90 days). A sample that arrives
-//! after its bucket was rolled up (an agent offline for longer) stays raw only.
+//! the raw retention (48 h, whole buckets) and rollups older than theirs (90 days). A sample
+//! that arrives after its bucket was rolled up (an agent offline for longer) has its bucket
+//! noted (`health_late`) and rolled up again by the next run.
 //! [`Db::router_health`] answers the API from raw samples for fine steps within the raw
 //! window and from rollups otherwise.
 
@@ -160,8 +161,12 @@ impl Batch {
         self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         tenant: TenantId,
+        backend: super::Backend,
     ) -> Result<(), DbError> {
         let tenant = tenant.to_string();
+        if !self.samples.is_empty() {
+            note_late(tx, &self.samples, backend).await?;
+        }
         for chunk in self.samples.chunks(CHUNK) {
             let mut q = Sql::new(
                 "INSERT INTO health_samples (router_id, tenant_id, at, cpu, mem_free, mem_total, \
@@ -252,6 +257,100 @@ impl Batch {
         Ok(())
     }
 }
+
+/// Notes the buckets of `samples` that were already rolled up, for the next maintenance
+/// run to roll up again. On PostgreSQL the watermark is read `FOR SHARE`: a maintenance run
+/// moving it waits for this transaction (and so sees its samples), or this one waits for it
+/// (and sees the new watermark). SQLite runs one writer at a time.
+async fn note_late(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    samples: &[SampleRow],
+    backend: super::Backend,
+) -> Result<(), DbError> {
+    let mut q = Sql::new("SELECT value FROM health_state WHERE name = 'rollup_watermark'");
+    if backend == super::Backend::Postgres {
+        q.push(" FOR SHARE");
+    }
+    let Some(watermark) = q
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.int("value"))
+        .transpose()?
+    else {
+        return Ok(());
+    };
+    let late: BTreeSet<(RouterId, i64)> = samples
+        .iter()
+        .map(|s| (s.router, s.at.div_euclid(BUCKET_MS) * BUCKET_MS))
+        .filter(|(_, bucket)| *bucket < watermark)
+        .collect();
+    let late: Vec<_> = late.into_iter().collect();
+    for chunk in late.chunks(CHUNK) {
+        let mut q = Sql::new("INSERT INTO health_late (router_id, bucket) VALUES ");
+        for (i, (router, bucket)) in chunk.iter().enumerate() {
+            q.push(if i == 0 { "(" } else { ", (" });
+            q.bind(router.to_string())
+                .push(", ")
+                .bind(*bucket)
+                .push(")");
+        }
+        q.push(" ON CONFLICT (router_id, bucket) DO NOTHING");
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// The rollup of one router's raw samples in `[from, to)`, grouped by bucket (the
+/// `SELECT` part of an `INSERT INTO health_rollups`).
+const ROLLUP_SELECT: &str = "INSERT INTO health_rollups (router_id, tenant_id, bucket, samples, \
+     cpu_sum, cpu_max, mem_free_min, mem_free_sum, mem_total, uptime_max, disk_free_min, \
+     disk_total, ppp_max, ppp_sum, hotspot_max, hotspot_sum, rx_bytes_max, tx_bytes_max) \
+     SELECT router_id, MIN(tenant_id), (at / 300000) * 300000, COUNT(*), SUM(cpu), MAX(cpu), \
+     MIN(mem_free), SUM(mem_free), MAX(mem_total), MAX(uptime), MIN(disk_free), \
+     MAX(disk_total), MAX(ppp), SUM(ppp), MAX(hotspot), SUM(hotspot), MAX(rx_bytes), \
+     MAX(tx_bytes) FROM health_samples WHERE ";
+
+/// `ON CONFLICT` clause replacing a bucket's rollup with the one computed.
+const ROLLUP_REPLACE: &str = " ON CONFLICT (router_id, bucket) DO UPDATE SET \
+     samples = excluded.samples, cpu_sum = excluded.cpu_sum, cpu_max = excluded.cpu_max, \
+     mem_free_min = excluded.mem_free_min, mem_free_sum = excluded.mem_free_sum, \
+     mem_total = excluded.mem_total, uptime_max = excluded.uptime_max, \
+     disk_free_min = excluded.disk_free_min, disk_total = excluded.disk_total, \
+     ppp_max = excluded.ppp_max, ppp_sum = excluded.ppp_sum, hotspot_max = excluded.hotspot_max, \
+     hotspot_sum = excluded.hotspot_sum, rx_bytes_max = excluded.rx_bytes_max, \
+     tx_bytes_max = excluded.tx_bytes_max";
+
+/// `ON CONFLICT` clause adding the computed rollup to the bucket's (late samples whose
+/// bucket's other raw samples are gone).
+const ROLLUP_ADD: &str = " ON CONFLICT (router_id, bucket) DO UPDATE SET \
+     samples = health_rollups.samples + excluded.samples, \
+     cpu_sum = health_rollups.cpu_sum + excluded.cpu_sum, \
+     cpu_max = CASE WHEN excluded.cpu_max > health_rollups.cpu_max THEN excluded.cpu_max \
+     ELSE health_rollups.cpu_max END, \
+     mem_free_min = CASE WHEN excluded.mem_free_min < health_rollups.mem_free_min \
+     THEN excluded.mem_free_min ELSE health_rollups.mem_free_min END, \
+     mem_free_sum = health_rollups.mem_free_sum + excluded.mem_free_sum, \
+     mem_total = CASE WHEN excluded.mem_total > health_rollups.mem_total THEN excluded.mem_total \
+     ELSE health_rollups.mem_total END, \
+     uptime_max = CASE WHEN excluded.uptime_max > health_rollups.uptime_max \
+     THEN excluded.uptime_max ELSE health_rollups.uptime_max END, \
+     disk_free_min = CASE WHEN excluded.disk_free_min < health_rollups.disk_free_min \
+     THEN excluded.disk_free_min ELSE health_rollups.disk_free_min END, \
+     disk_total = CASE WHEN excluded.disk_total > health_rollups.disk_total \
+     THEN excluded.disk_total ELSE health_rollups.disk_total END, \
+     ppp_max = CASE WHEN excluded.ppp_max > health_rollups.ppp_max THEN excluded.ppp_max \
+     ELSE health_rollups.ppp_max END, \
+     ppp_sum = health_rollups.ppp_sum + excluded.ppp_sum, \
+     hotspot_max = CASE WHEN excluded.hotspot_max > health_rollups.hotspot_max \
+     THEN excluded.hotspot_max ELSE health_rollups.hotspot_max END, \
+     hotspot_sum = health_rollups.hotspot_sum + excluded.hotspot_sum, \
+     rx_bytes_max = CASE WHEN excluded.rx_bytes_max > health_rollups.rx_bytes_max \
+     THEN excluded.rx_bytes_max ELSE health_rollups.rx_bytes_max END, \
+     tx_bytes_max = CASE WHEN excluded.tx_bytes_max > health_rollups.tx_bytes_max \
+     THEN excluded.tx_bytes_max ELSE health_rollups.tx_bytes_max END";
+
+/// At most this many late buckets are rolled up again per maintenance run.
+const LATE_PER_RUN: i64 = 10_000;
 
 /// Where a health series came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,6 +456,8 @@ pub struct MaintenanceReport {
     pub raw_deleted: u64,
     /// Rollups deleted.
     pub rollups_deleted: u64,
+    /// Rollups written again for samples that arrived after their bucket was rolled up.
+    pub late_rolled_up: u64,
 }
 
 /// Aggregates rows of (at, samples, cpu_sum, cpu_max, mem_free_min, mem_free_sum, mem_total,
@@ -579,7 +680,17 @@ impl Db {
         let now = self.now().as_millis();
         let mut report = MaintenanceReport::default();
         let mut tx = self.begin().await?;
-        let watermark = Sql::new("SELECT value FROM health_state WHERE name = 'rollup_watermark'")
+        let state = |name: &'static str, lock: bool| {
+            let mut q = Sql::new("SELECT value FROM health_state WHERE name = ");
+            q.bind(name.to_owned());
+            if lock && self.backend() == super::Backend::Postgres {
+                q.push(" FOR UPDATE");
+            }
+            q
+        };
+        // Locked first: an ingest noting late samples waits for this run, or this run for
+        // it (see `note_late`).
+        let watermark = state("rollup_watermark", true)
             .fetch_optional(&mut *tx)
             .await?
             .map(|r| r.int("value"))
@@ -594,34 +705,75 @@ impl Db {
         };
         let target = now.div_euclid(BUCKET_MS) * BUCKET_MS;
         if let Some(wm) = watermark.filter(|wm| *wm < target) {
-            let mut q = Sql::new(
-                "INSERT INTO health_rollups (router_id, tenant_id, bucket, samples, cpu_sum, \
-                 cpu_max, mem_free_min, mem_free_sum, mem_total, uptime_max, disk_free_min, \
-                 disk_total, ppp_max, ppp_sum, hotspot_max, hotspot_sum, rx_bytes_max, \
-                 tx_bytes_max) SELECT router_id, MIN(tenant_id), (at / 300000) * 300000, \
-                 COUNT(*), SUM(cpu), MAX(cpu), MIN(mem_free), SUM(mem_free), MAX(mem_total), \
-                 MAX(uptime), MIN(disk_free), MAX(disk_total), MAX(ppp), SUM(ppp), MAX(hotspot), \
-                 SUM(hotspot), MAX(rx_bytes), MAX(tx_bytes) FROM health_samples WHERE at >= ",
-            );
-            q.bind(wm).push(" AND at < ").bind(target).push(
-                " GROUP BY router_id, (at / 300000) * 300000 \
+            let mut q = Sql::new(ROLLUP_SELECT);
+            q.push("at >= ")
+                .bind(wm)
+                .push(" AND at < ")
+                .bind(target)
+                .push(
+                    " GROUP BY router_id, (at / 300000) * 300000 \
                      ON CONFLICT (router_id, bucket) DO NOTHING",
-            );
+                );
             report.rolled_up = q.execute(&mut *tx).await?.rows_affected();
         }
-        if watermark.is_some_and(|wm| wm < target) || watermark.is_none() {
-            let mut q =
-                Sql::new("INSERT INTO health_state (name, value) VALUES ('rollup_watermark', ");
-            q.bind(target)
+        let set_state = |name: &'static str, value: i64| {
+            let mut q = Sql::new("INSERT INTO health_state (name, value) VALUES (");
+            q.bind(name.to_owned())
+                .push(", ")
+                .bind(value)
                 .push(") ON CONFLICT (name) DO UPDATE SET value = excluded.value");
+            q
+        };
+        if watermark.is_none_or(|wm| wm < target) {
+            set_state("rollup_watermark", target)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Buckets that got samples after they were rolled up: again from all their raw
+        // samples while none was deleted (the bucket is not below the last raw cut), else
+        // the raw samples left (all late) are added to the rollup before they go below.
+        let prev_cut = state("raw_cut", false)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.int("value"))
+            .transpose()?
+            .unwrap_or(i64::MIN);
+        let mut q = Sql::new("SELECT router_id, bucket FROM health_late ORDER BY bucket LIMIT ");
+        q.bind(LATE_PER_RUN);
+        let late = q.fetch_all(&mut *tx).await?;
+        for row in &late {
+            let router = row.text("router_id")?;
+            let bucket = row.int("bucket")?;
+            let mut q = Sql::new(ROLLUP_SELECT);
+            q.push("router_id = ")
+                .bind(router.clone())
+                .push(" AND at >= ")
+                .bind(bucket)
+                .push(" AND at < ")
+                .bind(bucket + BUCKET_MS)
+                .push(" GROUP BY router_id, (at / 300000) * 300000")
+                .push(if bucket >= prev_cut {
+                    ROLLUP_REPLACE
+                } else {
+                    ROLLUP_ADD
+                });
+            report.late_rolled_up += q.execute(&mut *tx).await?.rows_affected();
+            let mut q = Sql::new("DELETE FROM health_late WHERE router_id = ");
+            q.bind(router).push(" AND bucket = ").bind(bucket);
             q.execute(&mut *tx).await?;
         }
-        // Raw samples go only once their bucket is rolled up (the watermark is `target`).
+        // Raw samples go only once their bucket is rolled up (the watermark is `target`),
+        // whole buckets at a time (so a bucket at or above the last cut has all its samples).
         let raw_cut = (now - to_i64(u64::try_from(retention.raw.as_millis()).unwrap_or(u64::MAX)))
+            .div_euclid(BUCKET_MS)
+            .saturating_mul(BUCKET_MS)
             .min(target);
         let mut q = Sql::new("DELETE FROM health_samples WHERE at < ");
         q.bind(raw_cut);
         report.raw_deleted = q.execute(&mut *tx).await?.rows_affected();
+        if raw_cut > prev_cut {
+            set_state("raw_cut", raw_cut).execute(&mut *tx).await?;
+        }
         let rollup_cut =
             now - to_i64(u64::try_from(retention.rollups.as_millis()).unwrap_or(u64::MAX));
         let mut q = Sql::new("DELETE FROM health_rollups WHERE bucket < ");

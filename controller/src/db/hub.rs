@@ -552,7 +552,7 @@ impl Db {
         if next == committed {
             return Ok(Some(committed));
         }
-        health.store(&mut tx, tenant).await?;
+        health.store(&mut tx, tenant, self.backend()).await?;
         let mut q = Sql::new("UPDATE agents SET records_committed = ");
         q.bind(to_i64(next))
             .push(", telemetry_records = telemetry_records + ")

@@ -322,6 +322,13 @@ fn migrator() -> Migrator {
                 Cow::Borrowed(include_str!("../../migrations/0009_alerts.sql")),
                 false,
             ),
+            Migration::new(
+                12,
+                Cow::Borrowed("health_late"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0012_health_late.sql")),
+                false,
+            ),
         ]),
         ..Migrator::DEFAULT
     }

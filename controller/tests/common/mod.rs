@@ -104,6 +104,11 @@ pub struct Agent {
 pub const HUB_URL: &str = "wss://hub.test:7443/agent";
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|state| state).await
+}
+
+/// [`spawn_app`] with its state changed by `configure` (e.g. another health retention).
+pub async fn spawn_app_with(configure: impl FnOnce(AppState) -> AppState) -> TestApp {
     let t = test_db().await;
     let state = AppState::new(
         t.db.clone(),
@@ -113,6 +118,7 @@ pub async fn spawn_app() -> TestApp {
             ca_pem: Some("-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n".into()),
         },
     );
+    let state = configure(state);
     let admin =
         t.db.bootstrap_admin()
             .await
