@@ -134,14 +134,39 @@ const SENSITIVE: [&str; 7] = [
 /// An export with every sensitive value replaced by `<redacted>`: for each `name=value`
 /// token (value bare or double-quoted, escapes respected) whose name contains a sensitive
 /// word. Everything else is left as it was, so diffs still show what changed.
+///
+/// `/export` wraps long commands with a `\` at the end of a line and four spaces at the
+/// start of the next, also inside a quoted value; such lines are joined into the one command
+/// they make (the wrapping is layout, not configuration) before redaction, so a value split
+/// across lines is hidden whole.
 #[must_use]
 pub fn redact_export(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for (i, line) in text.split('\n').enumerate() {
-        if i > 0 {
+    let mut logical = String::new();
+    let mut first = true;
+    for line in text.split('\n') {
+        let continued = !line.trim_start().starts_with('#') && line.ends_with('\\');
+        if logical.is_empty() {
+            logical.push_str(line);
+        } else {
+            logical.push_str(line.trim_start_matches([' ', '\t']));
+        }
+        if continued {
+            logical.pop();
+            continue;
+        }
+        if !first {
             out.push('\n');
         }
-        redact_line(line, &mut out);
+        first = false;
+        redact_line(&logical, &mut out);
+        logical.clear();
+    }
+    if !logical.is_empty() {
+        if !first {
+            out.push('\n');
+        }
+        redact_line(&logical, &mut out);
     }
     out
 }
@@ -709,6 +734,26 @@ mod tests {
             "add comment=\"key=val in quotes\" name=a",
             "add comment=\"key=val in quotes\" name=a",
         );
+    }
+
+    #[test]
+    fn wrapped_lines_are_joined_so_a_split_value_is_hidden_whole() {
+        // Wrapped between tokens, as /export does at ~79 columns.
+        check(
+            "/ppp secret\nadd local-address=10.0.0.1 name=alice \\\n    password=s3cret profile=p\nadd name=b",
+            "/ppp secret\nadd local-address=10.0.0.1 name=alice password=<redacted> profile=p\nadd name=b",
+        );
+        // Wrapped inside a quoted value: no part of it survives.
+        let out = redact_export(
+            "/interface wireguard\nadd name=wg0 private-key=\"aGVsbG8gd29ybGQgdGhp\\\n    c2lzYXNlY3JldA=\" listen-port=13231\n",
+        );
+        assert_eq!(
+            out,
+            "/interface wireguard\nadd name=wg0 private-key=<redacted> listen-port=13231\n"
+        );
+        assert!(!out.contains("c2lz"), "{out}");
+        // A comment ending in a backslash joins nothing.
+        check("# a \\\nset x=1", "# a \\\nset x=1");
     }
 
     #[test]
