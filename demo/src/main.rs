@@ -460,6 +460,17 @@ fn print_welcome(server: &Server, token: &str, sim: &tikfleet_sim::Running, args
     );
     let _ = writeln!(
         out,
+        "  curl -H 'Authorization: Bearer {token}' {api}/api/v1/routers   (health: \
+         /api/v1/routers/ID/health, backups: /api/v1/routers/ID/backups, alerts: /api/v1/alerts)"
+    );
+    let _ = writeln!(
+        out,
+        "  make a router busy: curl -X PUT -H 'Content-Type: application/json' -d \
+         '{{\"cpu_load\": 95}}' http://{}/routers/0/faults   (cpu_high fires after 5 minutes)",
+        args.router_control
+    );
+    let _ = writeln!(
+        out,
         "the first subscriber of each router (cust-1, cust-1001, ...) expires 3 minutes after the \
          start: grace at 1M/1M, then suspended 5 minutes later (status in the subscriber list; \
          history at /api/v1/subscribers/ID/lifecycle; renew with POST /api/v1/subscribers/ID/renew \
