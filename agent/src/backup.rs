@@ -7,22 +7,36 @@
 //! the same password opens every backup of the router, and only this agent knows it. The
 //! binary is read over SFTP and then removed from the router's `/file`.
 //!
+//! A `restore` job's file comes inside the job (small files from older controllers) or, named
+//! by backup id, size and SHA-256, is fetched from the controller part by part
+//! ([`Backups::fetch`], through the uplink's [`BackupFetcher`]) into a file staged in the
+//! agent's data folder: each part is appended as it arrives, so a dropped link or a restart
+//! asks only for the rest (from the staged size). The whole file's SHA-256 is checked before
+//! anything reaches the router; then it is uploaded over SFTP, loaded, and, once the router
+//! is back and a fresh login works, removed from the router's `/file` again (also when the
+//! load fails while the router stays up), and the staged file is deleted.
+//!
 //! Both files leave the agent as [`BackupChunk`] records in the outbox (parts of at most
 //! [`BACKUP_CHUNK_SIZE`], each with the file's size and SHA-256), ahead of the job's final
 //! update: the outbox delivers them exactly once and resumes after a dropped link, and, like
 //! audit records, never drops them (they count toward its byte cap, so a large backup during
 //! an outage makes the outbox drop older telemetry first).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
+use tikfleet_shared::protocol::{BackupFetch, MAX_BACKUP_PART};
 use tikfleet_shared::record::{BACKUP_CHUNK_SIZE, BackupChunk, BackupKind, OutboxRecord};
 use tikfleet_shared::{ErrorCode, JobId, RouterId, Secret, UnixMillis};
 
+use crate::clock::SharedClock;
 use crate::routeros::{Cmd, DriverError, RouterOsClient};
 use crate::ssh::{HostKeyStore, RosMajor, SshConfig, SshDriver, SshError};
 use crate::store::{Store, StoreError, TreeName};
+use crate::uplink::fetch::BackupFetcher;
 use crate::vault::{Sealed, Vault};
 
 /// Length of a generated backup password (alphanumeric).
@@ -109,12 +123,21 @@ impl BackupPasswords {
     }
 }
 
+/// How long a restore waits for one backup part from the controller (on the clock) before
+/// it asks again.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many times in a row a restore asks for a part without getting one before the attempt
+/// fails (retryable: the next attempt resumes from the staged bytes).
+pub const FETCH_TRIES: u32 = 5;
+
 /// What the backup job needs besides the router's API connection.
 #[derive(Clone)]
 pub struct Backups {
     passwords: BackupPasswords,
     host_keys: Arc<dyn HostKeyStore>,
     ssh: SshConfig,
+    restores: Option<(BackupFetcher, PathBuf)>,
 }
 
 impl std::fmt::Debug for Backups {
@@ -233,6 +256,199 @@ impl Backups {
             passwords,
             host_keys,
             ssh,
+            restores: None,
+        }
+    }
+
+    /// Restores fetch files the job does not carry through `fetcher` (served by the uplink),
+    /// staging them in the folder `staging` (created when needed).
+    #[must_use]
+    pub fn with_restores(mut self, fetcher: BackupFetcher, staging: PathBuf) -> Self {
+        self.restores = Some((fetcher, staging));
+        self
+    }
+
+    /// Where a restore job's file is staged, if restores can fetch files.
+    #[must_use]
+    pub fn staged_path(&self, job: JobId) -> Option<PathBuf> {
+        self.restores
+            .as_ref()
+            .map(|(_, dir)| dir.join(format!("{job}.backup.part")))
+    }
+
+    /// Deletes a restore job's staged file, if any.
+    pub async fn discard(&self, job: JobId) {
+        if let Some(path) = self.staged_path(job)
+            && let Err(e) = tokio::fs::remove_file(&path).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete a staged backup");
+        }
+    }
+
+    /// Fetches backup `backup_id` (`size` bytes) from the controller for restore job `job`
+    /// into its staged file, resuming from what is staged already, and checks its SHA-256.
+    /// `progress` gets the bytes staged after each part. Returns the staged file.
+    ///
+    /// # Errors
+    ///
+    /// `invalid_request` when restores are not set up, the controller refuses the backup,
+    /// its parts do not fit `size`, or the file does not match `sha256` (the staged file is
+    /// then deleted: nothing reaches the router); `unavailable` (retryable) when no part
+    /// came after [`FETCH_TRIES`] requests; `internal` when the staged file cannot be
+    /// written.
+    pub async fn fetch(
+        &self,
+        job: JobId,
+        backup_id: &str,
+        size: u64,
+        sha256: &[u8],
+        clock: &SharedClock,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<PathBuf, DriverError> {
+        use tokio::io::AsyncWriteExt as _;
+        let (Some((fetcher, dir)), Some(path)) = (&self.restores, self.staged_path(job)) else {
+            return Err(DriverError::new(
+                ErrorCode::InvalidRequest,
+                "this agent cannot fetch backups from the controller (no uplink)",
+            ));
+        };
+        let io = |what: &str, e: std::io::Error| {
+            DriverError::new(
+                ErrorCode::Internal,
+                format!("{what} {}: {e}", path.display()),
+            )
+        };
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| io("cannot create the folder of", e))?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(|e| io("cannot open", e))?;
+        let mut staged = file
+            .metadata()
+            .await
+            .map_err(|e| io("cannot read", e))?
+            .len();
+        if staged > size {
+            // Not this backup's bytes: start over.
+            file.set_len(0)
+                .await
+                .map_err(|e| io("cannot truncate", e))?;
+            staged = 0;
+        }
+        if staged > 0 {
+            tracing::info!(%job, staged, size, "resuming a restore's download");
+        }
+        progress(staged);
+        let refused = |msg: String| DriverError::new(ErrorCode::InvalidRequest, msg);
+        let mut misses = 0;
+        while staged < size {
+            let request = BackupFetch {
+                job_id: job,
+                backup_id: backup_id.to_owned(),
+                offset: staged,
+            };
+            let deadline = clock.now().saturating_add(FETCH_TIMEOUT);
+            let answer = tokio::select! {
+                answer = fetcher.fetch(request) => answer.map_err(|e| e.to_string()),
+                () = clock.sleep_until(deadline) => Err(format!(
+                    "no backup part within {} s", FETCH_TIMEOUT.as_secs()
+                )),
+            };
+            let part = match answer {
+                Ok(part) => part,
+                Err(reason) => {
+                    misses += 1;
+                    tracing::debug!(%job, staged, %reason, "asking for the backup part again");
+                    if misses >= FETCH_TRIES {
+                        return Err(DriverError::new(
+                            ErrorCode::Unavailable,
+                            format!(
+                                "the controller sent no backup part ({reason}); {staged} of \
+                                 {size} bytes are staged and the next attempt resumes there"
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+            };
+            if let Some(error) = part.error {
+                if error.retryable && misses + 1 < FETCH_TRIES {
+                    misses += 1;
+                    continue;
+                }
+                return Err(DriverError::new(
+                    if error.retryable {
+                        ErrorCode::Unavailable
+                    } else {
+                        ErrorCode::InvalidRequest
+                    },
+                    format!(
+                        "the controller did not send backup {backup_id}: {}",
+                        error.message
+                    ),
+                ));
+            }
+            if part.offset != staged {
+                // A late answer to an earlier question: ask again.
+                continue;
+            }
+            if part.total != size {
+                self.discard(job).await;
+                return Err(refused(format!(
+                    "backup {backup_id} is {} bytes at the controller, the job says {size}",
+                    part.total
+                )));
+            }
+            let len = part.data.len() as u64;
+            if len == 0 || part.data.len() > MAX_BACKUP_PART || staged + len > size {
+                return Err(refused(format!(
+                    "the controller sent a part of {len} bytes at offset {staged} of {size}"
+                )));
+            }
+            file.write_all(&part.data)
+                .await
+                .map_err(|e| io("cannot write", e))?;
+            // On disk before it counts: a crash after this resumes after these bytes.
+            file.sync_data().await.map_err(|e| io("cannot write", e))?;
+            staged += len;
+            misses = 0;
+            progress(staged);
+        }
+        drop(file);
+        if file_sha256(&path).await.map_err(|e| io("cannot read", e))? != sha256 {
+            self.discard(job).await;
+            return Err(refused(format!(
+                "backup {backup_id} does not match its checksum; nothing was uploaded"
+            )));
+        }
+        Ok(path)
+    }
+
+    /// Removes an uploaded restore file (named as [`Backups::restore`] names it) from the
+    /// router's `/file`; a file already gone is fine.
+    ///
+    /// # Errors
+    ///
+    /// The SFTP removal's classified error.
+    pub async fn remove_upload(
+        &self,
+        client: &RouterOsClient,
+        name: &str,
+    ) -> Result<(), DriverError> {
+        let ssh = SshDriver::new(
+            client.endpoint().clone(),
+            self.ssh.clone(),
+            Arc::clone(&self.host_keys),
+        );
+        match ssh.remove(&restore_file(name)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == ErrorCode::NoSuchItem => Ok(()),
+            Err(e) => Err(from_ssh(e)),
         }
     }
 
@@ -292,52 +508,110 @@ impl Backups {
     }
 }
 
+/// The file a restore uploads.
+#[derive(Clone, Debug)]
+pub enum RestoreFile {
+    /// Carried by the job.
+    Inline(Vec<u8>),
+    /// Fetched into this staged file ([`Backups::fetch`]); streamed to the router.
+    Staged(PathBuf),
+}
+
 impl Backups {
-    /// Restores `data` (a binary backup of this router) on the router `client` talks to:
+    /// Restores `file` (a binary backup of this router) on the router `client` talks to:
     /// checks its SHA-256, uploads it over SFTP as `name`, and loads it with
     /// `/system/backup/load` under the router's backup password. The router reboots after
-    /// the load; waiting for it is the caller's (it owns the connections).
+    /// the load; waiting for it is the caller's (it owns the connections). A file the load
+    /// refused (or a partial upload) is removed from the router again.
     ///
     /// # Errors
     ///
-    /// `invalid_request` when the data does not match its checksum; the failing step's
-    /// classified error otherwise (a wrong password: the router's `failure`).
+    /// `invalid_request` when the file does not match its checksum (nothing is uploaded);
+    /// the failing step's classified error otherwise (a wrong password: the router's
+    /// `failure`).
     pub async fn restore(
         &self,
         client: &RouterOsClient,
         name: &str,
-        data: Vec<u8>,
+        file: RestoreFile,
         sha256: &[u8],
         step: &(dyn Fn(u64) + Sync),
     ) -> Result<(), DriverError> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &data);
-        if digest.as_ref() != sha256 {
+        let digest = match &file {
+            RestoreFile::Inline(data) => ring::digest::digest(&ring::digest::SHA256, data)
+                .as_ref()
+                .to_vec(),
+            RestoreFile::Staged(path) => file_sha256(path).await.map_err(|e| {
+                DriverError::new(
+                    ErrorCode::Internal,
+                    format!("cannot read the staged backup {}: {e}", path.display()),
+                )
+            })?,
+        };
+        if digest != sha256 {
             return Err(DriverError::new(
                 ErrorCode::InvalidRequest,
-                "the backup does not match its checksum",
+                "the backup does not match its checksum; nothing was uploaded",
             ));
         }
         let endpoint = client.endpoint().clone();
         let router = endpoint.id;
         let ssh = SshDriver::new(endpoint, self.ssh.clone(), Arc::clone(&self.host_keys));
-        let file = if name.ends_with(".backup") {
-            name.to_owned()
-        } else {
-            format!("{name}.backup")
+        let remote = restore_file(name);
+        let uploaded = match file {
+            RestoreFile::Inline(data) => ssh.upload(&remote, data).await,
+            RestoreFile::Staged(path) => ssh.upload_file(&remote, path).await,
         };
-        ssh.upload(&file, data).await.map_err(from_ssh)?;
+        let file = remote;
+        if let Err(e) = uploaded {
+            // A part of the file may have been written.
+            let _ = ssh.remove(&file).await;
+            return Err(from_ssh(e));
+        }
         step(1);
         let password = self.password(router)?;
-        client
+        let loaded = client
             .run(
                 Cmd::new("/system/backup/load")
                     .attr("name", file.as_str())
                     .secret("password", &password),
             )
-            .await?;
+            .await;
+        if let Err(e) = loaded {
+            // Not loaded, so the router did not reboot: leave nothing behind.
+            if let Err(r) = ssh.remove(&file).await {
+                tracing::warn!(router = %router, file, error = %r, "cannot remove the uploaded backup after a failed load");
+            }
+            return Err(e);
+        }
         step(2);
         Ok(())
     }
+}
+
+/// The router file name a restore uploads `name` as.
+fn restore_file(name: &str) -> String {
+    if name.ends_with(".backup") {
+        name.to_owned()
+    } else {
+        format!("{name}.backup")
+    }
+}
+
+/// The SHA-256 of a file, read in blocks.
+async fn file_sha256(path: &Path) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(ctx.finish().as_ref().to_vec())
 }
 
 /// The file name (without `.backup`) a job saves under: the requested one if it is a plain

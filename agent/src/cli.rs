@@ -440,11 +440,16 @@ async fn run_agent(
     ));
     executor.set_reconciler(Arc::clone(&reconciler));
     executor.set_credentials(Arc::clone(&registry));
-    executor.set_backups(Arc::new(crate::backup::Backups::new(
-        local.backup_passwords.clone(),
-        Arc::new(crate::hostkeys::SledHostKeys::open(&local.store)?),
-        crate::ssh::SshConfig::default(),
-    )));
+    // Restores fetch their backup from the controller through the uplink, staged on disk.
+    let fetcher = crate::uplink::fetch::BackupFetcher::new();
+    executor.set_backups(Arc::new(
+        crate::backup::Backups::new(
+            local.backup_passwords.clone(),
+            Arc::new(crate::hostkeys::SledHostKeys::open(&local.store)?),
+            crate::ssh::SshConfig::default(),
+        )
+        .with_restores(fetcher.clone(), local.config.data_dir.join("restore")),
+    ));
 
     let metrics_outbox = Arc::clone(&outbox);
     let metrics_registry = Arc::clone(&registry);
@@ -468,10 +473,29 @@ async fn run_agent(
                 },
                 data_dir: local.config.data_dir.clone(),
                 agent_id: enrollment.as_ref().map(|e| e.agent_id),
+                unreachable_backoff_cap: std::time::Duration::from_secs(
+                    probes.unreachable_backoff_cap_secs,
+                ),
                 ..crate::probe::ProbeConfig::default()
             },
         )
     });
+    // Self-healing (crate::heal): the probes report each router's API outages to it; it
+    // reboots over SSH only when `[self_heal] ssh_reboot` is on.
+    let prober = match prober {
+        Some(prober) if local.config.self_heal.ssh_reboot => {
+            let heal = crate::heal::SelfHeal::new(
+                local.config.self_heal.heal_config(),
+                crate::heal::RebootLedger::open(&local.store)?,
+                Arc::new(crate::hostkeys::SledHostKeys::open(&local.store)?),
+                Arc::clone(executor.audit()),
+                local.clock.clone(),
+            );
+            Some(prober.with_self_heal(Arc::new(heal)))
+        }
+        other => other,
+    }
+    .map(Arc::new);
     let (uplink, controller) = match (&enrollment, &revoked) {
         (None, _) => (None, "not enrolled with a controller".to_owned()),
         (Some(_), Some(reason)) => (
@@ -492,12 +516,14 @@ async fn run_agent(
                 desired,
                 clock: local.clock.clone(),
             };
-            let uplink = Uplink::new(parts, local.config.uplink.uplink_config()).map_err(|e| {
-                CliError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("cannot start the uplink: {e}"),
-                )
-            })?;
+            let uplink = Uplink::new(parts, local.config.uplink.uplink_config())
+                .map_err(|e| {
+                    CliError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("cannot start the uplink: {e}"),
+                    )
+                })?
+                .with_fetcher(fetcher);
             (
                 Some(uplink),
                 format!("controller {} as agent {}", e.hub_url, e.agent_id),
@@ -516,6 +542,8 @@ async fn run_agent(
             queue: Arc::clone(&queue),
             outbox: Arc::clone(&metrics_outbox),
             routers: Arc::clone(&metrics_registry),
+            // Weak: the prober reaches the audit log, which holds these gauges.
+            probes: prober.as_ref().map(Arc::downgrade),
         })));
         executor.audit().set_metrics(Arc::clone(&metrics));
         match crate::metrics::serve(metrics, metrics_cfg.listen, wait_stop(stopped.clone())).await {
@@ -608,6 +636,7 @@ struct RunGauges {
     queue: Arc<Queue>,
     outbox: Arc<crate::outbox::Outbox>,
     routers: Arc<Registry>,
+    probes: Option<std::sync::Weak<crate::probe::Prober>>,
 }
 
 impl crate::metrics::Gauges for RunGauges {
@@ -630,6 +659,13 @@ impl crate::metrics::Gauges for RunGauges {
 
     fn routers(&self) -> u64 {
         self.routers.list().map_or(0, |l| l.len() as u64)
+    }
+
+    fn routers_unreachable(&self) -> u64 {
+        self.probes
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade)
+            .map_or(0, |p| p.unreachable_count())
     }
 }
 

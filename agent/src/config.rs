@@ -32,6 +32,13 @@
 //! interval_secs = 30                 # router health and host samples (telemetry)
 //! versions_every_secs = 86400        # RouterOS version, update check and firmware
 //! enabled = true
+//! unreachable_backoff_cap_secs = 300 # a failing router is probed at 30 s, 1, 2, 4, 5, 5 … min
+//!
+//! [self_heal]
+//! ssh_reboot = false                 # reboot a router over SSH when its API stays out
+//! api_down_secs = 600                # … for this long (refused / timed out; never auth)
+//! min_interval_secs = 21600          # at most one such reboot per router per 6 h
+//! max_per_day = 2                    # and at most this many per router in 24 h
 //!
 //! [uplink]
 //! enabled = true                     # connect to the controller once enrolled
@@ -97,6 +104,9 @@ pub struct AgentConfig {
     /// Health probes of the routers and the host.
     #[serde(default)]
     pub probes: ProbesSection,
+    /// Self-healing of routers whose API stops answering.
+    #[serde(default)]
+    pub self_heal: SelfHealSection,
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
@@ -131,6 +141,9 @@ pub struct ProbesSection {
     pub interval_secs: u64,
     /// Seconds between version checks of a router (and on each new connection).
     pub versions_every_secs: u64,
+    /// Longest wait, in seconds, between probes of a router that keeps failing (the wait
+    /// doubles from `interval_secs` up to this).
+    pub unreachable_backoff_cap_secs: u64,
 }
 
 impl Default for ProbesSection {
@@ -139,6 +152,50 @@ impl Default for ProbesSection {
             enabled: true,
             interval_secs: 30,
             versions_every_secs: 86_400,
+            unreachable_backoff_cap_secs: 300,
+        }
+    }
+}
+
+/// `[self_heal]`: an optional reboot over SSH of a router whose API has stopped answering
+/// (see [`crate::heal`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfHealSection {
+    /// Reboot a router over SSH when its API has been out for `api_down_secs` (off by
+    /// default).
+    pub ssh_reboot: bool,
+    /// Seconds the API must have been out (refused, timed out; never an authentication
+    /// failure) before a reboot.
+    pub api_down_secs: u64,
+    /// At most one self-healing reboot of a router per this many seconds.
+    pub min_interval_secs: u64,
+    /// At most this many self-healing reboots of a router in any 24 hours.
+    pub max_per_day: u32,
+}
+
+impl Default for SelfHealSection {
+    fn default() -> Self {
+        let d = crate::heal::SelfHealConfig::default();
+        Self {
+            ssh_reboot: d.ssh_reboot,
+            api_down_secs: d.api_down.as_secs(),
+            min_interval_secs: d.min_interval.as_secs(),
+            max_per_day: d.max_per_day,
+        }
+    }
+}
+
+impl SelfHealSection {
+    /// As the policy takes it (an API-down time under a minute is taken as a minute).
+    #[must_use]
+    pub fn heal_config(&self) -> crate::heal::SelfHealConfig {
+        crate::heal::SelfHealConfig {
+            ssh_reboot: self.ssh_reboot,
+            api_down: Duration::from_secs(self.api_down_secs.max(60)),
+            min_interval: Duration::from_secs(self.min_interval_secs),
+            max_per_day: self.max_per_day,
+            ..crate::heal::SelfHealConfig::default()
         }
     }
 }
@@ -294,6 +351,7 @@ impl Default for AgentConfig {
             retry: RetrySection::default(),
             uplink: UplinkSection::default(),
             probes: ProbesSection::default(),
+            self_heal: SelfHealSection::default(),
             metrics: MetricsSection::default(),
         }
     }
@@ -354,6 +412,29 @@ mod tests {
             .expect("valid")
             .probes;
         assert_eq!((p.interval_secs, p.versions_every_secs), (10, 86_400));
+        assert_eq!(p.unreachable_backoff_cap_secs, 300);
+    }
+
+    #[test]
+    fn self_healing_is_off_unless_asked_for() {
+        let h = AgentConfig::parse("").expect("valid").self_heal;
+        assert!(!h.ssh_reboot);
+        assert_eq!(
+            (h.api_down_secs, h.min_interval_secs, h.max_per_day),
+            (600, 21_600, 2)
+        );
+        assert!(!h.heal_config().ssh_reboot);
+        let h = AgentConfig::parse(
+            "[self_heal]\nssh_reboot = true\napi_down_secs = 5\nmin_interval_secs = 3600\n",
+        )
+        .expect("valid")
+        .self_heal;
+        let c = h.heal_config();
+        assert!(c.ssh_reboot);
+        assert_eq!(c.api_down, Duration::from_secs(60), "at least a minute");
+        assert_eq!(c.min_interval, Duration::from_secs(3_600));
+        let err = AgentConfig::parse("[self_heal]\nssh_rebot = true\n").expect_err("typo");
+        assert!(err.contains("ssh_rebot"), "{err}");
     }
 
     #[test]

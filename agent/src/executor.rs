@@ -76,7 +76,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{JoinError, JoinSet};
 
 use crate::audit::{self, AuditLog};
-use crate::backup::Backups;
+use crate::backup::{Backups, RestoreFile};
 use crate::clock::SharedClock;
 use crate::credentials;
 use crate::ops;
@@ -611,15 +611,27 @@ impl<S: JobStore + 'static> Shared<S> {
                 backup_id,
                 data,
                 sha256,
+                size,
             } => {
                 let res = self
-                    .restore(record, &client, name, data.clone(), sha256)
+                    .restore(
+                        record,
+                        &client,
+                        name,
+                        backup_id.as_deref(),
+                        data,
+                        sha256,
+                        *size,
+                    )
                     .await
-                    .map(|version| {
+                    .map(|(version, steps)| {
                         let id = backup_id.as_deref().unwrap_or(name);
                         (
-                            format!("restored backup {id}; the router is back, RouterOS {version}"),
-                            Progress { done: 4, total: 4 },
+                            format!("restored backup {id}; the router is back, {version}"),
+                            Progress {
+                                done: steps,
+                                total: steps,
+                            },
                         )
                     });
                 if res.is_err() {
@@ -779,18 +791,25 @@ impl<S: JobStore + 'static> Shared<S> {
         ))
     }
 
-    /// A `restore` job: uploads and loads the backup, then waits for the rebooted router
-    /// to answer a fresh login (on the executor's clock, up to [`RESTORE_WAIT`]) and
-    /// returns its RouterOS version.
+    /// A `restore` job: gets the file (carried by the job, or fetched from the controller in
+    /// parts into a staged file, see [`Backups::fetch`]), uploads and loads it, waits for the
+    /// rebooted router to answer a fresh login (on the executor's clock, up to
+    /// [`RESTORE_WAIT`]), removes the uploaded file from the router and returns its RouterOS
+    /// version with how the removal went, and the job's step count.
+    ///
+    /// Progress counts the file's bytes as they are staged, then three steps: uploaded,
+    /// loaded, back (`total` = size + 3).
+    #[allow(clippy::too_many_arguments)]
     async fn restore(
         &self,
         record: &JobRecord,
         client: &RouterOsClient,
         name: &str,
-        data: Vec<u8>,
+        backup_id: Option<&str>,
+        data: &[u8],
         sha256: &[u8],
-    ) -> Result<String, DriverError> {
-        const STEPS: u64 = 4;
+        size: Option<u64>,
+    ) -> Result<(String, u64), DriverError> {
         let job = &record.job;
         let Some(backups) = self.backups.get() else {
             return Err(DriverError::new(
@@ -798,27 +817,50 @@ impl<S: JobStore + 'static> Shared<S> {
                 "this agent is not set up to restore backups",
             ));
         };
-        let progress = |done: u64| self.progress(record, done, STEPS);
-        // Never in the middle of a reconcile pass.
+        let size = match size {
+            Some(size) if data.is_empty() => size,
+            _ => data.len() as u64,
+        };
+        let steps = size + 3;
+        let progress = |done: u64| self.progress(record, done, steps);
+        let file = if data.is_empty() && size > 0 {
+            let Some(id) = backup_id else {
+                return Err(DriverError::new(
+                    ErrorCode::InvalidRequest,
+                    "the restore job names no backup to fetch",
+                ));
+            };
+            RestoreFile::Staged(
+                backups
+                    .fetch(job.id, id, size, sha256, &self.clock, &progress)
+                    .await?,
+            )
+        } else {
+            progress(size);
+            RestoreFile::Inline(data.to_vec())
+        };
+        // The download leaves passes alone; the router's part never runs in the middle of one.
         let _guard = match self.reconciler.get() {
             Some(r) => Some(r.job_lock(job.router_id).await),
             None => None,
         };
-        backups
-            .restore(client, name, data, sha256, &progress)
-            .await?;
+        let step = |n: u64| progress(size + n);
+        let loaded = backups.restore(client, name, file, sha256, &step).await;
+        if let Err(e) = loaded {
+            if !e.retryable() {
+                backups.discard(job.id).await;
+            }
+            return Err(e);
+        }
         // The router reboots: the old connections are dead.
         self.forget_client(job.router_id);
         let deadline = self.clock.now().saturating_add(RESTORE_WAIT);
-        loop {
+        let back = loop {
             self.clock
                 .sleep_until(self.clock.now().saturating_add(RESTORE_POLL))
                 .await;
             match self.client(job.router_id).await {
-                Ok(c) => {
-                    progress(3);
-                    return Ok(c.version().to_string());
-                }
+                Ok(c) => break c,
                 Err(e) if self.clock.now() >= deadline => {
                     return Err(DriverError::new(
                         e.code(),
@@ -833,7 +875,19 @@ impl<S: JobStore + 'static> Shared<S> {
                     self.forget_client(job.router_id);
                 }
             }
-        }
+        };
+        step(3);
+        // The router is back and a fresh login works: leave nothing behind. A failure here
+        // does not fail the job (running it again would load the backup again).
+        let removed = match backups.remove_upload(&back, name).await {
+            Ok(()) => "the uploaded file was removed".to_owned(),
+            Err(e) => {
+                tracing::warn!(router = %job.router_id, error = %e, "cannot remove the uploaded backup after a restore");
+                format!("the uploaded file could not be removed: {}", e.message())
+            }
+        };
+        backups.discard(job.id).await;
+        Ok((format!("RouterOS {}; {removed}", back.version()), steps))
     }
 
     /// Reports a running job's progress (`done` of `total`), without waiting for a commit.

@@ -21,6 +21,8 @@
 //!   retries with backoff, dead letters and self-healing, job updates.
 //! - [`backup`]: the `backup_now` job (text export and encrypted binary backup, sent to the
 //!   controller in outbox chunks) and the per-router backup passwords sealed by the vault.
+//! - [`heal`]: self-healing of routers whose API stops answering: an optional,
+//!   off-by-default reboot over SSH, limited and recorded in the store.
 //! - [`hostkeys`]: SSH host keys pinned on first use, kept in the store.
 //! - [`ssh`]: the SSH driver (libssh2 in blocking tasks): `/export`, console commands, SFTP
 //!   file transfer, host keys pinned on first use.
@@ -41,6 +43,7 @@ pub mod config;
 pub mod credentials;
 pub mod desired;
 pub mod executor;
+pub mod heal;
 pub mod hostkeys;
 pub mod identity;
 pub mod metrics;

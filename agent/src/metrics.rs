@@ -42,6 +42,11 @@ pub trait Gauges: Send + Sync {
     fn outbox(&self) -> (u64, u64, u64, u64, u64);
     /// Routers served.
     fn routers(&self) -> u64;
+    /// Routers whose last probe failed (probed on the slowing schedule, see
+    /// [`crate::probe`]).
+    fn routers_unreachable(&self) -> u64 {
+        0
+    }
 }
 
 /// The agent's metrics.
@@ -58,6 +63,7 @@ pub struct AgentMetrics {
     outbox_acked_seq: Gauge,
     telemetry_dropped: Gauge,
     routers: Gauge,
+    routers_unreachable: Gauge,
     /// When each running job first ran.
     started: Mutex<HashMap<JobId, UnixMillis>>,
     gauges: Box<dyn Gauges>,
@@ -133,6 +139,12 @@ impl AgentMetrics {
         );
         let routers = Gauge::default();
         registry.register("routers", "Routers this agent serves", routers.clone());
+        let routers_unreachable = Gauge::default();
+        registry.register(
+            "routers_unreachable",
+            "Routers whose last probe failed (probed less often until one succeeds)",
+            routers_unreachable.clone(),
+        );
         Self {
             registry,
             commands,
@@ -146,6 +158,7 @@ impl AgentMetrics {
             outbox_acked_seq,
             telemetry_dropped,
             routers,
+            routers_unreachable,
             started: Mutex::new(HashMap::new()),
             gauges,
         }
@@ -207,6 +220,8 @@ impl AgentMetrics {
         self.outbox_acked_seq.set(to_i64(acked));
         self.telemetry_dropped.set(to_i64(dropped));
         self.routers.set(to_i64(self.gauges.routers()));
+        self.routers_unreachable
+            .set(to_i64(self.gauges.routers_unreachable()));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -287,6 +302,9 @@ mod tests {
         fn routers(&self) -> u64 {
             2
         }
+        fn routers_unreachable(&self) -> u64 {
+            1
+        }
     }
 
     fn audit(error: Option<ErrorCode>) -> OutboxRecord {
@@ -344,6 +362,7 @@ mod tests {
             "tikfleet_agent_outbox_acked_seq 37",
             "tikfleet_agent_telemetry_dropped 2",
             "tikfleet_agent_routers 2",
+            "tikfleet_agent_routers_unreachable 1",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }

@@ -109,6 +109,9 @@ pub struct OutboxStats {
     pub corrupt: u64,
     /// Whether the outbox uses at least `near_cap_percent` of `max_bytes`.
     pub near_cap: bool,
+    /// The byte cap, [`OutboxConfig::max_bytes`] (sent in the host sample for the
+    /// controller's `outbox_near_cap` alert).
+    pub max_bytes: u64,
 }
 
 const TREE: &str = "outbox";
@@ -515,6 +518,7 @@ impl Outbox {
             dropped_telemetry: state.dropped,
             corrupt: state.corrupt,
             near_cap: state.bytes >= near,
+            max_bytes: self.config.max_bytes,
         }
     }
 

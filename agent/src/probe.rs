@@ -22,6 +22,22 @@
 //! connection of their own (one per router, kept between rounds), so they never queue behind
 //! a job's commands on a pooled connection, nor a job behind theirs.
 //!
+//! # A router that stays unreachable
+//!
+//! A router whose probe fails (it cannot be reached, or the login or the sample fails) is
+//! probed on a slowing schedule: after `n` failures in a row the next probe waits
+//! `interval × 2^(n-1)`, at most [`ProbeConfig::unreachable_backoff_cap`] (5 minutes by
+//! default) — 30 s, 1 min, 2 min, 4 min, 5 min, 5 min … — and the first success brings it
+//! back to every round. Each failed probe still records a
+//! [`TelemetrySample::RouterUnreachable`] (the controller's `router_unreachable` alert is the
+//! escalation) and logs the consecutive failures and when the next probe is due;
+//! [`Prober::backoff`] reads the same. Rounds that find a router not yet due leave it alone
+//! (counted in [`RoundReport::backed_off`]).
+//!
+//! With a [`SelfHeal`] policy ([`Prober::with_self_heal`]), every probe outcome is also
+//! reported to it, and a router whose API has been out long enough may be rebooted over SSH
+//! ([`crate::heal`]); after such a reboot the router is probed again at the normal interval.
+//!
 //! Probe commands are reads and are not audited: their result is the telemetry itself, which
 //! the outbox drops oldest-first under its cap ([`crate::outbox`]), whereas audit records are
 //! never dropped — auditing a read every 30 s per router would grow the outbox without bound
@@ -41,6 +57,7 @@ use tikfleet_shared::{AgentId, ErrorCode, RouterId, UnixMillis};
 
 use crate::clock::SharedClock;
 use crate::executor::{Background, CONNECT_COMMANDS, Routers};
+use crate::heal::{Heal, SelfHeal};
 use crate::outbox::Outbox;
 use crate::registry::Registry;
 use crate::routeros::{Cmd, DriverConfig, DriverError, NoopObserver, RouterOsClient, Row};
@@ -91,6 +108,9 @@ pub struct ProbeConfig {
     pub data_dir: PathBuf,
     /// The agent, once enrolled: without it no host sample is made.
     pub agent_id: Option<AgentId>,
+    /// The longest wait between probes of a router that keeps failing (the wait doubles
+    /// from [`ProbeConfig::interval`] up to this).
+    pub unreachable_backoff_cap: Duration,
 }
 
 impl Default for ProbeConfig {
@@ -105,6 +125,7 @@ impl Default for ProbeConfig {
             },
             data_dir: PathBuf::from("."),
             agent_id: None,
+            unreachable_backoff_cap: Duration::from_secs(300),
         }
     }
 }
@@ -120,8 +141,31 @@ pub struct RoundReport {
     pub versions: u64,
     /// Routers skipped because jobs were at them or their buckets were short.
     pub skipped: u64,
+    /// Routers not probed because they keep failing and their next probe is not due yet.
+    pub backed_off: u64,
+    /// Routers the self-healing policy rebooted over SSH (or tried to).
+    pub rebooted: u64,
     /// Whether a host sample was recorded.
     pub host: bool,
+}
+
+/// The slowing schedule of a router whose probes fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// Probes failed in a row.
+    pub failures: u32,
+    /// When the next probe is due.
+    pub next_at: UnixMillis,
+}
+
+/// The wait before the next probe after `failures` failed probes in a row: `interval`
+/// doubled `failures - 1` times, at most `cap` (and never less than `interval`).
+#[must_use]
+pub fn backoff_delay(interval: Duration, cap: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(31);
+    interval
+        .saturating_mul(1u32 << doublings)
+        .min(cap.max(interval))
 }
 
 struct HostProbe {
@@ -137,6 +181,8 @@ pub struct Prober {
     config: ProbeConfig,
     clients: Mutex<HashMap<RouterId, RouterOsClient>>,
     versions_due: Mutex<HashMap<RouterId, UnixMillis>>,
+    backoff: Mutex<HashMap<RouterId, Backoff>>,
+    heal: Option<Arc<SelfHeal>>,
     host: Mutex<HostProbe>,
 }
 
@@ -154,8 +200,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 enum Outcome {
     Sampled { versions: bool },
-    Unreachable,
+    Unreachable { rebooted: bool },
     Skipped,
+    BackedOff,
 }
 
 impl Prober {
@@ -177,10 +224,42 @@ impl Prober {
             config,
             clients: Mutex::new(HashMap::new()),
             versions_due: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(HashMap::new()),
+            heal: None,
             host: Mutex::new(HostProbe {
                 system: sysinfo::System::new().ok(),
             }),
         }
+    }
+
+    /// The same prober, reporting each probe's outcome to the self-healing policy `heal`.
+    #[must_use]
+    pub fn with_self_heal(mut self, heal: Arc<SelfHeal>) -> Self {
+        self.heal = Some(heal);
+        self
+    }
+
+    /// The slowing schedule of `router`, while its probes keep failing.
+    #[must_use]
+    pub fn backoff(&self, router: RouterId) -> Option<Backoff> {
+        lock(&self.backoff).get(&router).copied()
+    }
+
+    /// Routers whose last probe failed, with their schedules.
+    #[must_use]
+    pub fn unreachable(&self) -> Vec<(RouterId, Backoff)> {
+        let mut list: Vec<_> = lock(&self.backoff).iter().map(|(k, v)| (*k, *v)).collect();
+        list.sort_by_key(|(id, _)| *id);
+        list
+    }
+
+    /// How many routers' last probe failed.
+    #[must_use]
+    pub fn unreachable_count(&self) -> u64 {
+        lock(&self.backoff)
+            .values()
+            .filter(|b| b.failures > 0)
+            .count() as u64
     }
 
     /// Runs a round every interval until `stopped` turns true.
@@ -196,6 +275,8 @@ impl Prober {
                 unreachable = report.unreachable,
                 versions = report.versions,
                 skipped = report.skipped,
+                backed_off = report.backed_off,
+                rebooted = report.rebooted,
                 "probe round"
             );
             let next = started.saturating_add(self.config.interval);
@@ -211,8 +292,14 @@ impl Prober {
     /// outbox (one flush) before it returns.
     pub async fn round(&self) -> RoundReport {
         let ids = self.targets.router_ids();
+        let now = self.clock.now();
+        {
+            // Routers no longer served lose their schedules.
+            let mut backoff = lock(&self.backoff);
+            backoff.retain(|id, _| ids.contains(id));
+        }
         let outcomes: Vec<Outcome> = futures_util::stream::iter(ids)
-            .map(|id| self.probe_router(id))
+            .map(|id| self.probe_router(id, now))
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
@@ -223,8 +310,12 @@ impl Prober {
                     report.sampled += 1;
                     report.versions += u64::from(versions);
                 }
-                Outcome::Unreachable => report.unreachable += 1,
+                Outcome::Unreachable { rebooted } => {
+                    report.unreachable += 1;
+                    report.rebooted += u64::from(rebooted);
+                }
                 Outcome::Skipped => report.skipped += 1,
+                Outcome::BackedOff => report.backed_off += 1,
             }
         }
         if let Some(agent_id) = self.config.agent_id {
@@ -251,7 +342,15 @@ impl Prober {
         }
     }
 
-    async fn probe_router(&self, id: RouterId) -> Outcome {
+    /// Probes one router in the round that started at `round_at` (unless its slowing
+    /// schedule says it is not due yet).
+    async fn probe_router(&self, id: RouterId, round_at: UnixMillis) -> Outcome {
+        if lock(&self.backoff)
+            .get(&id)
+            .is_some_and(|b| b.next_at > round_at)
+        {
+            return Outcome::BackedOff;
+        }
         let endpoint = match self.targets.endpoint(id) {
             Ok(e) => e,
             Err(e) => {
@@ -274,13 +373,16 @@ impl Prober {
             }
             + if versions_due { VERSION_COMMANDS } else { 0 };
         if !self.gate.try_background(id, endpoint.tenant, budget) {
+            if let Some(heal) = &self.heal {
+                heal.busy(id);
+            }
             return Outcome::Skipped;
         }
         let client = match cached {
             Some(c) => c,
             None => {
                 match RouterOsClient::connect(
-                    endpoint,
+                    endpoint.clone(),
                     self.config.driver.clone(),
                     Arc::clone(&self.clock),
                     Arc::new(NoopObserver),
@@ -292,8 +394,7 @@ impl Prober {
                         c
                     }
                     Err(e) => {
-                        self.unreachable(id, &e);
-                        return Outcome::Unreachable;
+                        return self.failed(&endpoint, &e, round_at).await;
                     }
                 }
             }
@@ -304,11 +405,16 @@ impl Prober {
                 if e.drops_client() {
                     lock(&self.clients).remove(&id);
                 }
-                self.unreachable(id, &e);
-                return Outcome::Unreachable;
+                return self.failed(&endpoint, &e, round_at).await;
             }
         };
         self.append(TelemetrySample::Router(sample));
+        if lock(&self.backoff).remove(&id).is_some() {
+            tracing::info!(router = %id, "probe: router reachable again");
+        }
+        if let Some(heal) = &self.heal {
+            heal.answered(id);
+        }
         let versions = if versions_due {
             let v = read_versions(&client, id).await;
             self.append(TelemetrySample::Versions(v));
@@ -321,12 +427,52 @@ impl Prober {
         Outcome::Sampled { versions }
     }
 
-    fn unreachable(&self, id: RouterId, e: &DriverError) {
-        tracing::debug!(router = %id, error = %e, "probe: router unreachable");
+    /// A failed probe: the sample, the slowing schedule, the self-healing policy.
+    async fn failed(
+        &self,
+        endpoint: &crate::router::RouterEndpoint,
+        e: &DriverError,
+        round_at: UnixMillis,
+    ) -> Outcome {
+        let id = endpoint.id;
         self.append(TelemetrySample::RouterUnreachable {
             router_id: id,
             error: e.to_info(),
         });
+        let failures = lock(&self.backoff)
+            .get(&id)
+            .map_or(1, |b| b.failures.saturating_add(1));
+        let delay = backoff_delay(
+            self.config.interval,
+            self.config.unreachable_backoff_cap,
+            failures,
+        );
+        let mut backoff = Backoff {
+            failures,
+            next_at: round_at.saturating_add(delay),
+        };
+        tracing::warn!(
+            router = %id,
+            failures,
+            next_probe_in_secs = delay.as_secs(),
+            error = %e,
+            "probe: router unreachable"
+        );
+        let heal = match &self.heal {
+            Some(heal) => heal.api_failed(endpoint, e).await,
+            None => Heal::Nothing,
+        };
+        let rebooted = matches!(heal, Heal::Rebooted | Heal::RebootFailed { .. });
+        if rebooted {
+            // Rebooted: watch it come back at the normal pace.
+            lock(&self.clients).remove(&id);
+            backoff = Backoff {
+                failures: 0,
+                next_at: round_at.saturating_add(self.config.interval),
+            };
+        }
+        lock(&self.backoff).insert(id, backoff);
+        Outcome::Unreachable { rebooted }
     }
 
     fn host_sample(&self, agent_id: AgentId) -> HostSample {
@@ -359,6 +505,8 @@ impl Prober {
             outbox_records: outbox.records,
             outbox_bytes: outbox.bytes,
             queued_jobs: self.gate.queued_jobs(),
+            outbox_max_bytes: Some(outbox.max_bytes),
+            telemetry_dropped: Some(outbox.dropped_telemetry),
         }
     }
 }

@@ -4,7 +4,13 @@
 //! size and SHA-256, and the `.backup` file is gone from the router's `/file`; the backup
 //! password is generated once per router and survives a reopen of the store. A restore job
 //! uploads that binary, loads it, waits (on the manual clock) for the rebooted router and
-//! reports its version; the change made in between is undone.
+//! reports its version; the change made in between is undone, and the uploaded file is gone.
+//!
+//! Restores of backups the job does not carry (any size) fetch the file in parts through a
+//! [`BackupFetcher`] served here as the uplink would: a backup over 3 MiB arrives in parts of
+//! at most `MAX_BACKUP_PART`, through a dropped request and a failed attempt, and the next
+//! attempt resumes from the bytes staged on disk; a file that does not match its SHA-256 is
+//! refused before anything reaches the router.
 
 mod routeros_common;
 
@@ -23,10 +29,12 @@ use tikfleet_agent::router::{RouterEndpoint, TlsMode};
 use tikfleet_agent::routeros::DriverConfig;
 use tikfleet_agent::ssh::{MemoryHostKeys, SshConfig};
 use tikfleet_agent::store::{Store, StoreConfig};
+use tikfleet_agent::uplink::fetch::BackupFetcher;
 use tikfleet_agent::vault::{Vault, VaultKey};
 use tikfleet_shared::job::{Job, JobOp, JobStatus, Priority};
+use tikfleet_shared::protocol::{BackupPart, MAX_BACKUP_PART};
 use tikfleet_shared::record::{BACKUP_CHUNK_SIZE, BackupChunk, BackupKind, OutboxRecord};
-use tikfleet_shared::{JobId, RouterId};
+use tikfleet_shared::{ErrorCode, ErrorInfo, JobId, RouterId};
 use tikfleet_sim::Config;
 use tikfleet_sim::router::lock;
 
@@ -285,6 +293,7 @@ async fn restore_job_loads_the_backup_and_waits_for_the_reboot() {
                 backup_id: Some("b-1".into()),
                 data,
                 sha256,
+                size: None,
             },
             created_at: T0,
             max_attempts: 1,
@@ -310,7 +319,359 @@ async fn restore_job_loads_the_backup_and_waits_for_the_reboot() {
             "{detail}"
         );
         assert_eq!(lock(&sim.router(0).device).identity, original);
+        assert!(detail.contains("the uploaded file was removed"), "{detail}");
+        let files = lock(&sim.router(0).device).files();
+        assert!(
+            files.iter().all(|(f, _)| !f.ends_with(".backup")),
+            "left on the router: {files:?}"
+        );
         sim.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// An executor with backups that restore through a [`BackupFetcher`], against one simulated
+/// router whose backup password is the vault's.
+struct Rig {
+    sim: tikfleet_sim::Running,
+    ep: RouterEndpoint,
+    clock: ManualClock,
+    queue: Arc<Queue<MemJobStore>>,
+    outbox: Arc<Outbox>,
+    exec: Executor<MemJobStore>,
+    fetcher: BackupFetcher,
+    staging: std::path::PathBuf,
+    password: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn new() -> Self {
+        let sim = tikfleet_sim::start(Config {
+            redial: Duration::from_secs(60),
+            reboot_down: Duration::from_millis(300),
+            ..Config::local()
+        })
+        .await
+        .expect("simulator starts");
+        let ssh = sim.routers[0].ssh.expect("ssh");
+        let ep = RouterEndpoint {
+            ssh_port: ssh.port(),
+            ..endpoint(sim.routers[0].api.expect("api"), TlsMode::Plain, "admin")
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig::new(dir.path().join("store"))).unwrap();
+        let outbox = Arc::new(Outbox::open(&store, OutboxConfig::default()).unwrap());
+        let passwords = BackupPasswords::open(&store, Vault::new(&VaultKey::generate())).unwrap();
+        let fetcher = BackupFetcher::new();
+        let staging = dir.path().join("restore");
+        let backups = Arc::new(
+            Backups::new(
+                passwords.clone(),
+                Arc::new(MemoryHostKeys::default()),
+                SshConfig::default(),
+            )
+            .with_restores(fetcher.clone(), staging.clone()),
+        );
+        let password = passwords.get_or_create(ep.id).unwrap().expose().to_owned();
+        let clock = ManualClock::new(T0);
+        let queue: Arc<Queue<MemJobStore>> = Arc::new(Queue::in_memory());
+        let table: HashMap<RouterId, RouterEndpoint> = [(ep.id, ep.clone())].into();
+        let exec = Executor::new(
+            Arc::clone(&queue),
+            Arc::clone(&outbox),
+            Arc::new(table) as Arc<dyn Routers>,
+            Arc::new(clock.clone()) as SharedClock,
+            config(),
+        );
+        exec.set_backups(backups);
+        Self {
+            sim,
+            ep,
+            clock,
+            queue,
+            outbox,
+            exec,
+            fetcher,
+            staging,
+            password,
+            _dir: dir,
+        }
+    }
+
+    /// A restore job naming backup `b-big` of `size` bytes with checksum `sha256`.
+    fn job(&self, size: u64, sha256: Vec<u8>) -> Job {
+        let id = JobId::new();
+        Job {
+            id,
+            tenant_id: self.ep.tenant,
+            router_id: self.ep.id,
+            idempotency_key: id.to_string(),
+            priority: Priority::Critical,
+            op: JobOp::Restore {
+                name: "tikfleet-restore-big".into(),
+                backup_id: Some("b-big".into()),
+                data: Vec::new(),
+                sha256,
+                size: Some(size),
+            },
+            created_at: T0,
+            max_attempts: 3,
+            generation: None,
+        }
+    }
+
+    /// Runs the queue until idle, moving the manual clock on while jobs run (the restore
+    /// polls the rebooting router once a second; retries wait their backoff).
+    async fn run(&self) {
+        let run = tokio::spawn({
+            let exec = self.exec.clone();
+            async move { exec.run_until_idle(std::future::pending()).await }
+        });
+        while !run.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.clock.advance(Duration::from_secs(1));
+        }
+        run.await.unwrap();
+    }
+
+    fn backup_files(&self) -> Vec<(String, u64)> {
+        lock(&self.sim.router(0).device)
+            .files()
+            .into_iter()
+            .filter(|(f, _)| f.ends_with(".backup"))
+            .collect()
+    }
+}
+
+fn part(job: JobId, offset: u64, data: &[u8]) -> BackupPart {
+    let start = (offset as usize).min(data.len());
+    let end = (start + MAX_BACKUP_PART).min(data.len());
+    BackupPart {
+        job_id: job,
+        backup_id: "b-big".into(),
+        offset,
+        total: data.len() as u64,
+        data: data[start..end].to_vec(),
+        error: None,
+    }
+}
+
+#[tokio::test]
+async fn large_restore_is_fetched_in_parts_resumes_from_the_staged_bytes_and_cleans_up() {
+    tokio::time::timeout(LIMIT, async {
+        let rig = Rig::new().await;
+        // A backup over 3 MiB (more than one frame could carry): many secrets.
+        let (data, original) = {
+            let mut dev = lock(&rig.sim.router(0).device);
+            dev.seed_secrets(30_000, std::time::Instant::now());
+            let data = tikfleet_sim::backup::save(&dev, Some(&rig.password));
+            (data, dev.identity.clone())
+        };
+        assert!(
+            data.len() > 3 * 1024 * 1024,
+            "backup of {} bytes",
+            data.len()
+        );
+        lock(&rig.sim.router(0).device).identity = "changed-by-hand".into();
+        let sha256 = ring::digest::digest(&ring::digest::SHA256, &data)
+            .as_ref()
+            .to_vec();
+        let job = rig.job(data.len() as u64, sha256);
+        let id = job.id;
+        rig.queue.enqueue(job, T0).await.unwrap();
+
+        // The controller's side: parts of at most MAX_BACKUP_PART. The request for the third
+        // part is dropped once (its link went down); at 1 MiB the controller fails until the
+        // attempt gives up (retryable), so the job's next attempt must resume from there.
+        let resume_at = (4 * MAX_BACKUP_PART) as u64;
+        let served = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+        let server = tokio::spawn({
+            let fetcher = rig.fetcher.clone();
+            let served = Arc::clone(&served);
+            let data = data.clone();
+            async move {
+                let mut dropped = false;
+                let mut failures = 0;
+                loop {
+                    let pending = fetcher.next().await;
+                    let offset = pending.request().offset;
+                    assert_eq!(pending.request().job_id, id);
+                    assert_eq!(pending.request().backup_id, "b-big");
+                    served.lock().unwrap().push(offset);
+                    if offset == (2 * MAX_BACKUP_PART) as u64 && !dropped {
+                        dropped = true;
+                        drop(pending);
+                    } else if offset == resume_at && failures < tikfleet_agent::backup::FETCH_TRIES
+                    {
+                        failures += 1;
+                        pending.answer(BackupPart {
+                            error: Some(ErrorInfo::with_message(
+                                ErrorCode::Unavailable,
+                                "the controller cannot read the backup right now",
+                            )),
+                            total: 0,
+                            data: Vec::new(),
+                            ..part(id, offset, &data)
+                        });
+                    } else {
+                        pending.answer(part(id, offset, &data));
+                    }
+                }
+            }
+        });
+        rig.run().await;
+        server.abort();
+
+        let rec = rig.queue.get(id).unwrap().expect("job");
+        assert_eq!(rec.status, JobStatus::Succeeded, "{:?}", rec.last_error);
+        assert_eq!(
+            rec.attempts, 2,
+            "the first attempt failed at 1 MiB, the second finished"
+        );
+        let offsets = served.lock().unwrap().clone();
+        let parts = data.len().div_ceil(MAX_BACKUP_PART);
+        // Every part asked for once, plus the dropped request and the failed ones again:
+        // never from the start again.
+        assert_eq!(
+            offsets.iter().filter(|o| **o == 0).count(),
+            1,
+            "{offsets:?}"
+        );
+        assert_eq!(
+            offsets.len(),
+            parts + 1 + tikfleet_agent::backup::FETCH_TRIES as usize,
+            "{offsets:?}"
+        );
+        assert!(
+            offsets.windows(2).all(|w| w[1] >= w[0]),
+            "resumed, not restarted: {offsets:?}"
+        );
+        let detail = rec.detail.clone().unwrap_or_default();
+        assert!(detail.contains("restored backup b-big"), "{detail}");
+        assert!(detail.contains("the uploaded file was removed"), "{detail}");
+        let identity = lock(&rig.sim.router(0).device).identity.clone();
+        assert_eq!(identity, original, "the backup was loaded");
+        assert!(
+            rig.backup_files().is_empty(),
+            "left on the router: {:?}",
+            rig.backup_files()
+        );
+        let staged: Vec<_> = std::fs::read_dir(&rig.staging).unwrap().collect();
+        assert!(staged.is_empty(), "staged file deleted: {staged:?}");
+
+        // Progress while downloading: bytes staged of size + 3, rising.
+        let total = data.len() as u64 + 3;
+        let progress: Vec<u64> = rig
+            .outbox
+            .read_after(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, r)| match r {
+                OutboxRecord::JobUpdate(u) if u.job_id == id && u.status == JobStatus::Running => {
+                    u.progress.filter(|p| p.total == total).map(|p| p.done)
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(
+            progress.contains(&(MAX_BACKUP_PART as u64)) && progress.contains(&resume_at),
+            "{progress:?}"
+        );
+        assert!(progress.contains(&total), "{progress:?}");
+        rig.sim.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_restore_that_does_not_match_its_checksum_uploads_nothing() {
+    tokio::time::timeout(LIMIT, async {
+        let rig = Rig::new().await;
+        let data =
+            tikfleet_sim::backup::save(&lock(&rig.sim.router(0).device), Some(&rig.password));
+        lock(&rig.sim.router(0).device).identity = "changed-by-hand".into();
+        // The checksum of other bytes.
+        let sha256 = ring::digest::digest(&ring::digest::SHA256, b"other bytes")
+            .as_ref()
+            .to_vec();
+        let job = rig.job(data.len() as u64, sha256);
+        let id = job.id;
+        rig.queue.enqueue(job, T0).await.unwrap();
+        let server = tokio::spawn({
+            let fetcher = rig.fetcher.clone();
+            let data = data.clone();
+            async move {
+                loop {
+                    let pending = fetcher.next().await;
+                    let offset = pending.request().offset;
+                    pending.answer(part(id, offset, &data));
+                }
+            }
+        });
+        rig.run().await;
+        server.abort();
+        let rec = rig.queue.get(id).unwrap().expect("job");
+        assert_eq!(rec.status, JobStatus::Failed);
+        let error = rec.last_error.clone().expect("an error");
+        assert_eq!(error.code, ErrorCode::InvalidRequest, "{error:?}");
+        assert!(error.message.contains("checksum"), "{error:?}");
+        assert_eq!(rec.attempts, 1, "not retried");
+        assert!(
+            rig.backup_files().is_empty(),
+            "uploaded: {:?}",
+            rig.backup_files()
+        );
+        assert_eq!(lock(&rig.sim.router(0).device).identity, "changed-by-hand");
+        let staged: Vec<_> = std::fs::read_dir(&rig.staging).unwrap().collect();
+        assert!(staged.is_empty(), "staged file deleted: {staged:?}");
+        rig.sim.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_backup_the_controller_refuses_fails_the_restore_without_touching_the_router() {
+    tokio::time::timeout(LIMIT, async {
+        let rig = Rig::new().await;
+        let job = rig.job(1_000, vec![0; 32]);
+        let id = job.id;
+        rig.queue.enqueue(job, T0).await.unwrap();
+        let server = tokio::spawn({
+            let fetcher = rig.fetcher.clone();
+            async move {
+                loop {
+                    let pending = fetcher.next().await;
+                    let offset = pending.request().offset;
+                    pending.answer(BackupPart {
+                        job_id: id,
+                        backup_id: "b-big".into(),
+                        offset,
+                        total: 0,
+                        data: Vec::new(),
+                        error: Some(ErrorInfo::with_message(
+                            ErrorCode::NotFound,
+                            "no binary backup b-big of this agent's routers",
+                        )),
+                    });
+                }
+            }
+        });
+        rig.run().await;
+        server.abort();
+        let rec = rig.queue.get(id).unwrap().expect("job");
+        assert_eq!(rec.status, JobStatus::Failed);
+        let error = rec.last_error.clone().expect("an error");
+        assert_eq!(error.code, ErrorCode::InvalidRequest, "{error:?}");
+        assert!(
+            error.message.contains("no binary backup b-big"),
+            "{error:?}"
+        );
+        assert!(rig.backup_files().is_empty());
+        rig.sim.shutdown().await;
     })
     .await
     .expect("test timed out");

@@ -453,6 +453,7 @@ async fn operations_for_the_executor_are_refused_clearly() {
                 backup_id: None,
                 data: Vec::new(),
                 sha256: Vec::new(),
+                size: None,
             },
             JobOp::RotateCredentials {},
             JobOp::DriftCheck {},

@@ -224,6 +224,11 @@ async fn a_round_samples_the_router_with_the_simulators_cpu_and_memory() {
         assert!(host.total_disk_bytes > 0 && host.total_memory_bytes > 0);
         assert!(host.outbox_records > 0);
         assert_eq!(host.queued_jobs, 0);
+        assert_eq!(
+            host.outbox_max_bytes,
+            Some(OutboxConfig::default().max_bytes)
+        );
+        assert_eq!(host.telemetry_dropped, Some(0));
     })
     .await;
 }

@@ -9,7 +9,9 @@
 //! (free memory under 10 % in the latest sample), `router_unreachable` (2 minutes),
 //! `reboot_detected` (uptime went back), `agent_offline` (60 seconds), `job_dead_lettered`
 //! (a job failed for good), `auth_failure` (a router refused the agent's login within 5
-//! minutes). Outbox-near-cap is not a rule yet: agents do not report their cap.
+//! minutes), `outbox_near_cap` (the agent's latest host sample shows its outbox at 80 % of
+//! its cap or more), `agent_disk_low` (it shows under 10 % free on the disk of the agent's
+//! data folder).
 
 use std::time::Duration;
 
@@ -74,11 +76,15 @@ pub enum Rule {
     JobDeadLettered,
     /// A router refused the agent's credentials.
     AuthFailure,
+    /// An agent's outbox is close to its cap (telemetry is about to be dropped).
+    OutboxNearCap,
+    /// The disk of an agent's data folder is nearly full.
+    AgentDiskLow,
 }
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::CpuHigh,
         Self::MemoryLow,
         Self::RouterUnreachable,
@@ -86,6 +92,8 @@ impl Rule {
         Self::AgentOffline,
         Self::JobDeadLettered,
         Self::AuthFailure,
+        Self::OutboxNearCap,
+        Self::AgentDiskLow,
     ];
 
     /// The rule's name in the API and the database.
@@ -99,6 +107,8 @@ impl Rule {
             Self::AgentOffline => "agent_offline",
             Self::JobDeadLettered => "job_dead_lettered",
             Self::AuthFailure => "auth_failure",
+            Self::OutboxNearCap => "outbox_near_cap",
+            Self::AgentDiskLow => "agent_disk_low",
         }
     }
 }
@@ -224,6 +234,52 @@ impl Default for AuthFailureRule {
     }
 }
 
+/// `outbox_near_cap`: the agent's latest host sample shows its outbox using at least
+/// `percent` of its byte cap. Agents that do not report their cap are not checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxNearCapRule {
+    /// Whether the rule runs.
+    pub enabled: bool,
+    /// Alert severity.
+    pub severity: Severity,
+    /// Outbox bytes, percent of the cap (1 to 100; default 80).
+    pub percent: u8,
+}
+
+impl Default for OutboxNearCapRule {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            severity: Severity::Warning,
+            percent: 80,
+        }
+    }
+}
+
+/// `agent_disk_low`: the agent's latest host sample shows the disk of its data folder with
+/// less than `free_percent` free.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentDiskLowRule {
+    /// Whether the rule runs.
+    pub enabled: bool,
+    /// Alert severity.
+    pub severity: Severity,
+    /// Free disk, percent of the total (1 to 99; default 10).
+    pub free_percent: u8,
+}
+
+impl Default for AgentDiskLowRule {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            severity: Severity::Warning,
+            free_percent: 10,
+        }
+    }
+}
+
 /// A rule with no setting besides being on and its severity (`reboot_detected`,
 /// `job_dead_lettered`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -266,6 +322,10 @@ pub struct AlertRules {
     pub job_dead_lettered: SimpleRule,
     /// Router refused the agent's login.
     pub auth_failure: AuthFailureRule,
+    /// An agent's outbox near its cap; resolves with a host sample below it.
+    pub outbox_near_cap: OutboxNearCapRule,
+    /// An agent's disk nearly full; resolves with a host sample showing enough free.
+    pub agent_disk_low: AgentDiskLowRule,
 }
 
 impl Default for AlertRules {
@@ -279,6 +339,8 @@ impl Default for AlertRules {
             agent_offline: AgentOfflineRule::default(),
             job_dead_lettered: SimpleRule::default(),
             auth_failure: AuthFailureRule::default(),
+            outbox_near_cap: OutboxNearCapRule::default(),
+            agent_disk_low: AgentDiskLowRule::default(),
         }
     }
 }
@@ -316,6 +378,12 @@ impl AlertRules {
         )?;
         secs("agent_offline.for_secs", self.agent_offline.for_secs, 0)?;
         secs("auth_failure.window_secs", self.auth_failure.window_secs, 1)?;
+        if !(1..=100).contains(&self.outbox_near_cap.percent) {
+            return Err("outbox_near_cap.percent must be 1 to 100".into());
+        }
+        if !(1..=99).contains(&self.agent_disk_low.free_percent) {
+            return Err("agent_disk_low.free_percent must be 1 to 99".into());
+        }
         Ok(())
     }
 
@@ -330,6 +398,8 @@ impl AlertRules {
             Rule::AgentOffline => self.agent_offline.severity,
             Rule::JobDeadLettered => self.job_dead_lettered.severity,
             Rule::AuthFailure => self.auth_failure.severity,
+            Rule::OutboxNearCap => self.outbox_near_cap.severity,
+            Rule::AgentDiskLow => self.agent_disk_low.severity,
         }
     }
 
@@ -344,6 +414,8 @@ impl AlertRules {
             Rule::AgentOffline => self.agent_offline.enabled,
             Rule::JobDeadLettered => self.job_dead_lettered.enabled,
             Rule::AuthFailure => self.auth_failure.enabled,
+            Rule::OutboxNearCap => self.outbox_near_cap.enabled,
+            Rule::AgentDiskLow => self.agent_disk_low.enabled,
         }
     }
 }
@@ -403,6 +475,10 @@ mod tests {
         assert_eq!(r.remind_after_secs, 14_400);
         assert_eq!(r.agent_offline.for_secs, 60);
         assert_eq!(r.router_unreachable.for_secs, 120);
+        assert_eq!(r.outbox_near_cap.percent, 80);
+        assert!(r.outbox_near_cap.enabled);
+        assert_eq!(r.outbox_near_cap.severity, Severity::Warning);
+        assert_eq!(r.agent_disk_low.free_percent, 10);
         assert!(r.validate().is_ok());
         assert!(serde_json::from_str::<AlertRules>(r#"{"nope": 1}"#).is_err());
     }
@@ -421,6 +497,16 @@ mod tests {
             ..AlertRules::default()
         };
         assert!(r.validate().is_err());
+        for (percent, ok) in [(0, false), (1, true), (100, true), (101, false)] {
+            let mut r = AlertRules::default();
+            r.outbox_near_cap.percent = percent;
+            assert_eq!(r.validate().is_ok(), ok, "{percent}");
+        }
+        for (percent, ok) in [(0, false), (1, true), (99, true), (100, false)] {
+            let mut r = AlertRules::default();
+            r.agent_disk_low.free_percent = percent;
+            assert_eq!(r.validate().is_ok(), ok, "{percent}");
+        }
         let r = AlertRules {
             remind_after_secs: 0,
             ..AlertRules::default()

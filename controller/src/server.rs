@@ -101,6 +101,7 @@ pub struct Server {
     health: Option<crate::db::health::HealthTask>,
     rotations: Option<crate::db::credentials::RotationTask>,
     backup_retention: Option<crate::db::backups::RetentionTask>,
+    backup_schedule: Option<crate::db::backups::ScheduleTask>,
     alerts: Option<crate::alerts::AlertTask>,
     api_stop: Option<oneshot::Sender<()>>,
     api_task: Option<JoinHandle<()>>,
@@ -166,6 +167,11 @@ impl Server {
             config.rotation_check,
         );
         let backup_retention = crate::db::backups::RetentionTask::start(db.clone(), clock.clone());
+        let backup_schedule = crate::db::backups::ScheduleTask::start(
+            db.clone(),
+            clock.clone(),
+            crate::db::backups::SCHEDULE_INTERVAL,
+        );
         let alerts = crate::alerts::AlertTask::start(
             db.clone(),
             clock.clone(),
@@ -197,6 +203,7 @@ impl Server {
             health: Some(health),
             rotations: Some(rotations),
             backup_retention: Some(backup_retention),
+            backup_schedule: Some(backup_schedule),
             alerts: Some(alerts),
             api_stop: Some(api_stop),
             api_task: Some(api_task),
@@ -243,6 +250,9 @@ impl Server {
         }
         if let Some(retention) = self.backup_retention.take() {
             retention.shutdown().await;
+        }
+        if let Some(schedule) = self.backup_schedule.take() {
+            schedule.shutdown().await;
         }
         self.db.close().await;
     }

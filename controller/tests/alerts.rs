@@ -20,7 +20,8 @@ use tikfleet_controller::hub::HubStore as _;
 use tikfleet_shared::error::{ErrorCode, ErrorInfo};
 use tikfleet_shared::job::{JobStatus, JobUpdate};
 use tikfleet_shared::record::{
-    AuditParams, AuditRecord, AuditStatus, OutboxRecord, RouterSample, Telemetry, TelemetrySample,
+    AuditParams, AuditRecord, AuditStatus, HostSample, OutboxRecord, RouterSample, Telemetry,
+    TelemetrySample,
 };
 use tikfleet_shared::{AgentId, RouterId, UnixMillis};
 
@@ -49,6 +50,27 @@ fn sample(router: RouterId, at: i64, cpu: u8, free: u64, uptime: u64) -> OutboxR
             active_ppp_sessions: 0,
             active_hotspot_sessions: 0,
             routeros_version: Some("7.15.3".into()),
+        }),
+    })
+}
+
+/// A host sample of `agent` at `at` (ms after START) with its outbox at `bytes` of `max`.
+fn host(agent: AgentId, at: i64, bytes: u64, max: Option<u64>) -> OutboxRecord {
+    OutboxRecord::Telemetry(Telemetry {
+        at: UnixMillis(START + at),
+        sample: TelemetrySample::Host(HostSample {
+            agent_id: agent,
+            cpu_load_percent: 5,
+            free_memory_bytes: 1 << 30,
+            total_memory_bytes: 2 << 30,
+            uptime_secs: 3_600,
+            free_disk_bytes: 10 << 30,
+            total_disk_bytes: 20 << 30,
+            outbox_records: bytes / 100,
+            outbox_bytes: bytes,
+            queued_jobs: 0,
+            outbox_max_bytes: max,
+            telemetry_dropped: max.map(|_| 0),
         }),
     })
 }
@@ -637,6 +659,281 @@ async fn the_alert_task_evaluates_on_the_clock() {
         assert!(fired, "the task never evaluated");
         task.shutdown().await;
         assert_eq!(e.firing("memory_low").await["rule"], "memory_low");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn outbox_near_cap_fires_once_holds_while_offline_and_resolves() {
+    within(async {
+        let mut e = Env::new("acme").await;
+        let db = e.app.t.db.clone();
+        db.agent_connected(e.agent, UnixMillis(START), "0.1.0", &[])
+            .await
+            .unwrap();
+        // 79.9 % of the cap: not yet; an agent that does not report its cap: never.
+        e.commit(vec![host(e.agent, 0, 799_999, Some(1_000_000))])
+            .await;
+        e.at(1_000);
+        assert_eq!(e.eval().await.fired, 0);
+        e.commit(vec![host(e.agent, 30_000, 999_999, None)]).await;
+        e.at(31_000);
+        assert_eq!(e.eval().await.fired, 0);
+        // 80 %: fires, about the agent.
+        e.commit(vec![host(e.agent, 60_000, 800_000, Some(1_000_000))])
+            .await;
+        e.at(61_000);
+        let r = e.eval().await;
+        assert_eq!((r.fired, r.resolved), (1, 0), "{r:?}");
+        let alert = e.firing("outbox_near_cap").await;
+        assert_eq!(alert["agent_id"], e.agent.to_string());
+        assert_eq!(alert["subject"], e.agent.to_string());
+        assert!(alert["router_id"].is_null());
+        assert_eq!(alert["severity"], "warning");
+        let summary = alert["summary"].as_str().unwrap();
+        assert!(
+            summary.contains("acme-agent") && summary.contains("80 %"),
+            "{summary}"
+        );
+        // More samples near the cap, many evaluations: one alert, one notice. An older
+        // sample arriving late (below the cap) does not count over the newer one.
+        for step in 1..=10 {
+            let now = 61_000 + step * 15_000;
+            if step % 2 == 0 {
+                e.commit(vec![host(e.agent, now - 500, 900_000, Some(1_000_000))])
+                    .await;
+            }
+            e.at(now);
+            let r = e.eval().await;
+            assert_eq!((r.fired, r.resolved), (0, 0), "{r:?}");
+        }
+        e.commit(vec![host(e.agent, 5_000, 0, Some(1_000_000))])
+            .await;
+        assert_eq!(e.eval().await.resolved, 0);
+        // The agent goes offline: agent_offline fires, the outbox alert keeps its state
+        // (no resolve now, no second firing when the agent is back with the same figures).
+        let off = 300_000;
+        db.agent_disconnected(e.agent, UnixMillis(START + off))
+            .await
+            .unwrap();
+        for now in [off + 61_000, off + 3_600_000, off + 86_400_000] {
+            e.at(now);
+            let r = e.eval().await;
+            assert_eq!(r.resolved, 0, "{r:?}");
+        }
+        assert_eq!(e.firing("agent_offline").await["rule"], "agent_offline");
+        let back = off + 86_400_000 + 1_000;
+        db.agent_connected(e.agent, UnixMillis(START + back), "0.1.0", &[])
+            .await
+            .unwrap();
+        e.at(back);
+        let r = e.eval().await;
+        assert_eq!((r.fired, r.resolved), (0, 1), "{r:?}");
+        assert_eq!(e.firing("outbox_near_cap").await["id"], alert["id"]);
+        // The backlog drains: below the cap, resolved with one notice.
+        e.commit(vec![host(e.agent, back + 30_000, 790_000, Some(1_000_000))])
+            .await;
+        e.at(back + 31_000);
+        let r = e.eval().await;
+        assert_eq!((r.fired, r.resolved), (0, 1), "{r:?}");
+        assert_eq!(e.eval().await.resolved, 0);
+        assert_eq!(e.firing_count().await, 0);
+        // (The day offline was one incident still firing: one reminder, after 4 hours.)
+        assert_eq!(
+            e.notices(&alert).await,
+            ["firing:webhook", "reminder:1:webhook", "resolved:webhook"]
+        );
+        // A revoked agent is not watched.
+        e.commit(vec![host(e.agent, back + 60_000, 990_000, Some(1_000_000))])
+            .await;
+        e.at(back + 61_000);
+        assert_eq!(e.eval().await.fired, 1);
+        let (s, v) = e
+            .app
+            .post_empty(
+                &e.tenant.operator,
+                &format!("/api/v1/agents/{}/revoke", e.agent),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        e.at(back + 62_000);
+        assert_eq!(e.eval().await.resolved, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn outbox_near_cap_rule_is_the_tenants_own() {
+    within(async {
+        let mut e = Env::new("acme").await;
+        let other = e.app.tenant("globex").await;
+        let other_agent: AgentId = e
+            .app
+            .agent(&other, "globex-agent")
+            .await
+            .id
+            .parse()
+            .unwrap();
+        // Defaults, validation.
+        let path = format!("/api/v1/tenants/{}/alert-rules", e.tenant.id);
+        let (s, v) = e.app.get(&e.tenant.viewer, &path).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(
+            v["outbox_near_cap"],
+            json!({"enabled": true, "severity": "warning", "percent": 80})
+        );
+        for bad in [json!(0), json!(101)] {
+            let (s, v) = e
+                .app
+                .put(
+                    &e.tenant.operator,
+                    &path,
+                    json!({"outbox_near_cap": {"percent": bad}}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("outbox_near_cap.percent"),
+                "{v}"
+            );
+        }
+        let (s, v) = e
+            .app
+            .put(
+                &e.tenant.operator,
+                &path,
+                json!({"outbox_near_cap": {"percent": 80, "window": 1}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        // A stricter percentage: 85 % is not near a 90 % threshold.
+        e.set_rules(json!({"outbox_near_cap": {"percent": 90, "severity": "critical"}}))
+            .await;
+        let (_, v) = e.app.get(&e.tenant.viewer, &path).await;
+        assert_eq!(v["outbox_near_cap"]["percent"], 90);
+        // acme's session also claims a sample of globex's agent: ignored.
+        e.commit(vec![
+            host(e.agent, 0, 850_000, Some(1_000_000)),
+            host(other_agent, 0, 990_000, Some(1_000_000)),
+        ])
+        .await;
+        e.at(1_000);
+        assert_eq!(e.eval().await.fired, 0);
+        e.commit(vec![host(e.agent, 30_000, 950_000, Some(1_000_000))])
+            .await;
+        e.at(31_000);
+        assert_eq!(e.eval().await.fired, 1);
+        let alert = e.firing("outbox_near_cap").await;
+        assert_eq!(alert["severity"], "critical");
+        // globex has no alert and sees none of acme's.
+        let (s, v) = e.app.get(&other.operator, "/api/v1/alerts").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["items"], json!([]));
+        let (s, v) = e
+            .app
+            .get(
+                &other.viewer,
+                &format!("/api/v1/alerts/{}", alert["id"].as_str().unwrap()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+        // globex's own agent near its cap alerts globex only.
+        let acked = e
+            .app
+            .t
+            .db
+            .commit_records(
+                other_agent,
+                &[(1, host(other_agent, 40_000, 990_000, Some(1_000_000)))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(acked, 1);
+        e.at(41_000);
+        assert_eq!(e.eval().await.fired, 1);
+        let (_, v) = e.app.get(&other.viewer, "/api/v1/alerts").await;
+        assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["items"][0]["agent_id"], other_agent.to_string());
+        assert_eq!(v["items"][0]["severity"], "warning");
+        assert_eq!(e.firing_count().await, 1);
+        // Turned off: acme's resolves, globex's stays.
+        e.set_rules(json!({"outbox_near_cap": {"enabled": false}}))
+            .await;
+        assert_eq!(e.eval().await.resolved, 1);
+        assert_eq!(e.firing_count().await, 0);
+        let (_, v) = e
+            .app
+            .get(&other.viewer, "/api/v1/alerts?state=firing")
+            .await;
+        assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn agent_disk_low_follows_the_latest_host_sample() {
+    within(async {
+        let mut e = Env::new("acme").await;
+        let agent = e.agent;
+        let disk = move |at: i64, free: u64, total: u64| {
+            let mut r = host(agent, at, 0, Some(1_000_000));
+            if let OutboxRecord::Telemetry(Telemetry {
+                sample: TelemetrySample::Host(h),
+                ..
+            }) = &mut r
+            {
+                (h.free_disk_bytes, h.total_disk_bytes) = (free, total);
+            }
+            r
+        };
+        let (s, v) = e
+            .app
+            .get(
+                &e.tenant.viewer,
+                &format!("/api/v1/tenants/{}/alert-rules", e.tenant.id),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(
+            v["agent_disk_low"],
+            json!({"enabled": true, "severity": "warning", "free_percent": 10})
+        );
+        // 10 % free is not under 10 %; an unknown disk (total 0) is not checked.
+        e.commit(vec![disk(0, 100, 1_000)]).await;
+        e.at(1_000);
+        assert_eq!(e.eval().await.fired, 0);
+        e.commit(vec![disk(30_000, 0, 0)]).await;
+        e.at(31_000);
+        assert_eq!(e.eval().await.fired, 0);
+        e.commit(vec![disk(60_000, 99, 1_000)]).await;
+        e.at(61_000);
+        assert_eq!(e.eval().await.fired, 1);
+        assert_eq!(e.eval().await.fired, 0);
+        let alert = e.firing("agent_disk_low").await;
+        assert_eq!(alert["agent_id"], e.agent.to_string());
+        assert!(
+            alert["summary"].as_str().unwrap().contains("9 % free"),
+            "{alert}"
+        );
+        e.commit(vec![disk(90_000, 500, 1_000)]).await;
+        e.at(91_000);
+        assert_eq!(e.eval().await.resolved, 1);
+        assert_eq!(
+            e.notices(&alert).await,
+            ["firing:webhook", "resolved:webhook"]
+        );
+        let (s, v) = e
+            .app
+            .put(
+                &e.tenant.operator,
+                &format!("/api/v1/tenants/{}/alert-rules", e.tenant.id),
+                json!({"agent_disk_low": {"free_percent": 100}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     })
     .await;
 }

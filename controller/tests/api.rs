@@ -1657,3 +1657,145 @@ async fn isolation_matrix() {
     let (_, ag) = app.get(&a.viewer, &format!("/api/v1/agents/{aid}")).await;
     assert_eq!(ag["revoked"], false);
 }
+
+/// A host telemetry record of `agent`, taken at `at` (ms after the test start).
+fn host_record(
+    agent: AgentId,
+    at: i64,
+    outbox_bytes: u64,
+    outbox_max_bytes: Option<u64>,
+) -> tikfleet_shared::record::OutboxRecord {
+    use tikfleet_shared::record::{HostSample, OutboxRecord, Telemetry, TelemetrySample};
+    OutboxRecord::Telemetry(Telemetry {
+        at: tikfleet_shared::UnixMillis(common::START + at),
+        sample: TelemetrySample::Host(HostSample {
+            agent_id: agent,
+            cpu_load_percent: 12,
+            free_memory_bytes: 3 << 30,
+            total_memory_bytes: 4 << 30,
+            uptime_secs: 86_400,
+            free_disk_bytes: 40 << 30,
+            total_disk_bytes: 64 << 30,
+            outbox_records: 1_500,
+            outbox_bytes,
+            queued_jobs: 4,
+            outbox_max_bytes,
+            telemetry_dropped: outbox_max_bytes.map(|_| 7),
+        }),
+    })
+}
+
+#[tokio::test]
+async fn agents_show_their_latest_host_sample() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let app = spawn_app().await;
+        let t = app.tenant("acme").await;
+        let other = app.tenant("globex").await;
+        let a = app.agent(&t, "site-1").await;
+        let b = app.agent(&other, "site-2").await;
+        let (aid, bid): (AgentId, AgentId) = (a.id.parse().unwrap(), b.id.parse().unwrap());
+        let show = |token: &str, id: &str| {
+            let path = format!("/api/v1/agents/{id}");
+            let token = token.to_owned();
+            let app = &app;
+            async move {
+                let (st, v) = app.get(&token, &path).await;
+                assert_eq!(st, StatusCode::OK, "{v}");
+                v
+            }
+        };
+        // No sample yet: null.
+        assert!(show(&t.viewer, &a.id).await["host"].is_null());
+
+        // The batch's newest sample is kept; a sample naming another agent (here, another
+        // tenant's) is not taken from this agent's session.
+        app.t
+            .db
+            .commit_records(
+                aid,
+                &[
+                    (1, host_record(aid, 1_000, 100, Some(1_000))),
+                    (2, host_record(aid, 31_000, 425, Some(1_000))),
+                    (3, host_record(bid, 32_000, 999, Some(1_000))),
+                ],
+            )
+            .await
+            .unwrap();
+        let host = show(&t.viewer, &a.id).await["host"].clone();
+        assert_eq!(
+            keys(&host),
+            [
+                "cpu_load_percent",
+                "free_disk_bytes",
+                "free_memory_bytes",
+                "outbox_bytes",
+                "outbox_max_bytes",
+                "outbox_percent",
+                "outbox_records",
+                "queued_jobs",
+                "sampled_at",
+                "telemetry_dropped",
+                "total_disk_bytes",
+                "total_memory_bytes",
+                "uptime_secs",
+            ]
+        );
+        assert_eq!(host["sampled_at"], "2026-01-01T00:00:31Z");
+        assert_eq!(host["cpu_load_percent"], 12);
+        assert_eq!(host["free_memory_bytes"], 3u64 << 30);
+        assert_eq!(host["total_disk_bytes"], 64u64 << 30);
+        assert_eq!(host["uptime_secs"], 86_400);
+        assert_eq!(host["outbox_records"], 1_500);
+        assert_eq!(host["outbox_bytes"], 425);
+        assert_eq!(host["outbox_max_bytes"], 1_000);
+        assert_eq!(host["outbox_percent"], 42);
+        assert_eq!(host["telemetry_dropped"], 7);
+        assert_eq!(host["queued_jobs"], 4);
+        assert!(show(&other.viewer, &b.id).await["host"].is_null());
+        let (_, list) = app.get(&t.viewer, "/api/v1/agents").await;
+        assert_eq!(list["items"][0]["host"], host);
+
+        // An older sample arriving later does not replace it.
+        app.t
+            .db
+            .commit_records(aid, &[(4, host_record(aid, 10_000, 900, Some(1_000)))])
+            .await
+            .unwrap();
+        assert_eq!(show(&t.viewer, &a.id).await["host"], host);
+
+        // An agent that does not report its cap: null, not a guess.
+        app.t
+            .db
+            .commit_records(aid, &[(5, host_record(aid, 61_000, 800, None))])
+            .await
+            .unwrap();
+        let host = show(&t.viewer, &a.id).await["host"].clone();
+        assert_eq!(host["outbox_bytes"], 800);
+        assert!(host["outbox_max_bytes"].is_null());
+        assert!(host["outbox_percent"].is_null());
+        assert!(host["telemetry_dropped"].is_null());
+
+        // Another tenant's staff see neither the agent nor its host.
+        let (st, v) = app
+            .get(&other.viewer, &format!("/api/v1/agents/{}", a.id))
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+
+        // The OpenAPI document describes it.
+        let doc: Value = app
+            .http
+            .get(app.url("/api/v1/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert!(schemas["AgentDto"]["properties"]["host"].is_object());
+        let props = schemas["AgentHostDto"]["properties"].as_object().unwrap();
+        assert!(props.contains_key("outbox_max_bytes") && props.contains_key("sampled_at"));
+    })
+    .await
+    .expect("test timed out");
+}

@@ -1,20 +1,27 @@
 //! Router backups on the controller: chunks assembled across batches (a link dropped between
 //! them) and checked, a re-sent file ignored, a damaged one discarded, an unchanged export
 //! stored once, downloads (exports redacted, binaries for operators only), the redacted diff,
-//! tenant scoping, the backup job, and retention. Runs on SQLite, or on PostgreSQL when
-//! `TIKFLEET_TEST_DATABASE_URL` is set.
+//! tenant scoping, the backup job, retention (with each tenant's numbers), the tenant's
+//! backup settings API, and the schedule on the manual clock. Runs on SQLite, or on
+//! PostgreSQL when `TIKFLEET_TEST_DATABASE_URL` is set.
 
 mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use common::{START, Tenant, TestApp, error_code, spawn_app};
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tikfleet_controller::db::Db;
 use tikfleet_controller::hub::HubStore as _;
+use tikfleet_shared::job::{JobStatus, JobUpdate};
 use tikfleet_shared::record::{BackupChunk, BackupKind, OutboxRecord};
 use tikfleet_shared::{AgentId, JobId, RouterId, UnixMillis};
 
 const DAY: i64 = 86_400_000;
+const HOUR: Duration = Duration::from_secs(3600);
+const MINUTE: Duration = Duration::from_secs(60);
 
 struct Site {
     tenant: Tenant,
@@ -432,6 +439,366 @@ async fn retention_keeps_daily_and_monthly() {
             assert_eq!(st, StatusCode::OK);
         }
         assert_eq!(db.apply_backup_retention().await.unwrap(), 0);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Stores `n` changed daily exports of `router`, the newest at `START + (n - 1) days`.
+async fn daily_exports(db: &Db, site: &Site, n: i64) {
+    for d in 0..n {
+        let data = export(&format!("day {d}"), &format!("p{d}"));
+        commit(
+            db,
+            site.agent,
+            chunks(
+                JobId::new(),
+                site.router,
+                BackupKind::Export,
+                START + d * DAY,
+                &data,
+                4096,
+            ),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn retention_uses_the_tenants_numbers() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let app = spawn_app().await;
+        let db = &app.t.db;
+        let a = site(&app, "acme").await;
+        let b = site(&app, "globex").await;
+        let c = site(&app, "initech").await;
+        // 2026-01-01 to 2026-02-14: 31 days of January, 14 of February.
+        for s in [&a, &b, &c] {
+            daily_exports(db, s, 45).await;
+        }
+        let put = |tenant: &Tenant, body: Value| {
+            let path = format!("/api/v1/tenants/{}/backups", tenant.id);
+            let token = tenant.operator.clone();
+            let app = &app;
+            async move {
+                let (st, v) = app.put(&token, &path, body).await;
+                assert_eq!(st, StatusCode::OK, "{v}");
+            }
+        };
+        // acme: 3 days, no months; globex: 5 days and 2 months; initech: the defaults.
+        put(&a.tenant, json!({"keep_daily": 3, "keep_monthly": 0})).await;
+        put(&b.tenant, json!({"keep_daily": 5, "keep_monthly": 2})).await;
+        let deleted = db.apply_backup_retention().await.unwrap();
+        let taken = |items: Vec<Value>| -> Vec<String> {
+            items
+                .iter()
+                .map(|b| b["taken_at"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let day =
+            |d: i64| tikfleet_controller::api::validate::format_time(UnixMillis(START + d * DAY));
+        assert_eq!(
+            taken(list(&app, &a.tenant.viewer, a.router).await),
+            [day(44), day(43), day(42)]
+        );
+        // The 5 newest days (February's newest among them) and January's newest.
+        assert_eq!(
+            taken(list(&app, &b.tenant.viewer, b.router).await),
+            [day(44), day(43), day(42), day(41), day(40), day(30)]
+        );
+        // Defaults: the 30 newest days (January 16 on, January's newest among them).
+        assert_eq!(list(&app, &c.tenant.viewer, c.router).await.len(), 30);
+        assert_eq!(deleted, 42 + 39 + 15);
+        assert_eq!(db.apply_backup_retention().await.unwrap(), 0);
+        // Widening the numbers later keeps what is left; narrowing deletes more.
+        put(&a.tenant, json!({"keep_daily": 1, "keep_monthly": 0})).await;
+        assert_eq!(db.apply_backup_retention().await.unwrap(), 2);
+        assert_eq!(
+            taken(list(&app, &a.tenant.viewer, a.router).await),
+            [day(44)]
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn backup_settings_round_trip_validate_and_stay_in_their_tenant() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let app = spawn_app().await;
+        let a = site(&app, "acme").await;
+        let b = site(&app, "globex").await;
+        let path = format!("/api/v1/tenants/{}/backups", a.tenant.id);
+
+        let defaults = json!({
+            "schedule": {"enabled": true, "interval_secs": 86400, "at": null, "window_secs": null},
+            "keep_daily": 30,
+            "keep_monthly": 12,
+        });
+        for token in [&a.tenant.viewer, &a.tenant.operator, &app.admin] {
+            let (st, v) = app.get(token, &path).await;
+            assert_eq!((st, &v), (StatusCode::OK, &defaults));
+        }
+
+        let settings = json!({
+            "schedule": {"enabled": true, "interval_secs": 172800, "at": "03:30", "window_secs": 7200},
+            "keep_daily": 14,
+            "keep_monthly": 0,
+        });
+        let (st, v) = app.put(&a.tenant.viewer, &path, settings.clone()).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+        let (st, v) = app.put(&a.tenant.operator, &path, settings.clone()).await;
+        assert_eq!((st, &v), (StatusCode::OK, &settings));
+        let (st, v) = app.get(&a.tenant.viewer, &path).await;
+        assert_eq!((st, &v), (StatusCode::OK, &settings));
+        // Fields left out take their defaults; admins may set them too.
+        let (st, v) = app
+            .put(&app.admin, &path, json!({"schedule": {"enabled": false}}))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["schedule"]["enabled"], false);
+        assert_eq!(v["schedule"]["interval_secs"], 86400);
+        assert_eq!((&v["keep_daily"], &v["keep_monthly"]), (&json!(30), &json!(12)));
+
+        // Each bad value is refused with a message naming its field; nothing changes.
+        for (bad, field) in [
+            (json!({"keep_daily": 0}), "keep_daily"),
+            (json!({"keep_daily": 5000}), "keep_daily"),
+            (json!({"keep_monthly": 1201}), "keep_monthly"),
+            (json!({"schedule": {"interval_secs": 60}}), "schedule.interval_secs"),
+            (json!({"schedule": {"interval_secs": 31 * 86400}}), "schedule.interval_secs"),
+            (json!({"schedule": {"interval_secs": 7200, "at": "03:00"}}), "schedule.interval_secs"),
+            (json!({"schedule": {"at": "24:00"}}), "schedule.at"),
+            (json!({"schedule": {"at": "3:00"}}), "schedule.at"),
+            (json!({"schedule": {"at": "03:00", "window_secs": 10}}), "schedule.window_secs"),
+            (json!({"schedule": {"window_secs": 3600}}), "schedule.window_secs"),
+        ] {
+            let (st, v) = app.put(&a.tenant.operator, &path, bad.clone()).await;
+            assert_eq!(
+                (st, error_code(&v)),
+                (StatusCode::BAD_REQUEST, "invalid_request"),
+                "{bad}: {v}"
+            );
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(message.contains(field), "{bad}: {message}");
+        }
+        for bad in [
+            json!({"keep_daily": -1}),
+            json!({"schedule": {"enabled": "yes"}}),
+            json!({"keep_weekly": 4}),
+        ] {
+            let (st, v) = app.put(&a.tenant.operator, &path, bad.clone()).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        }
+        let (_, v) = app.get(&a.tenant.viewer, &path).await;
+        assert_eq!(v["schedule"]["enabled"], false);
+
+        // Another tenant's settings are not found, to read or to write.
+        let (st, v) = app.get(&b.tenant.operator, &path).await;
+        assert_eq!((st, error_code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+        let (st, _) = app.put(&b.tenant.operator, &path, settings.clone()).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        let (_, v) = app
+            .get(&b.tenant.viewer, &format!("/api/v1/tenants/{}/backups", b.tenant.id))
+            .await;
+        assert_eq!(v, defaults, "globex keeps its own settings");
+
+        // Audited; in the OpenAPI document.
+        let (_, audit) = app.get(&a.tenant.operator, "/api/v1/audit?limit=200").await;
+        let changes = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == "tenant.backup_settings")
+            .count();
+        assert_eq!(changes, 2, "{audit}");
+        let (st, doc) = app.get(&app.admin, "/api/v1/openapi.json").await;
+        assert_eq!(st, StatusCode::OK);
+        let ops = &doc["paths"]["/api/v1/tenants/{id}/backups"];
+        assert!(ops["get"].is_object() && ops["put"].is_object(), "{ops}");
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A router's `backup_now` jobs, newest first.
+async fn backup_jobs(app: &TestApp, router: RouterId) -> Vec<Value> {
+    let (st, v) = app
+        .get(
+            &app.admin,
+            &format!("/api/v1/jobs?router_id={router}&kind=backup_now&limit=500"),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["items"].as_array().unwrap().clone()
+}
+
+/// The agent reports each of the router's unfinished backup jobs done.
+async fn finish_backups(app: &TestApp, site: &Site) {
+    let now = tikfleet_controller::clock::Clock::now(&app.t.clock);
+    let updates: Vec<OutboxRecord> = backup_jobs(app, site.router)
+        .await
+        .iter()
+        .filter(|j| j["status"] == "queued")
+        .map(|j| {
+            OutboxRecord::JobUpdate(JobUpdate {
+                job_id: j["id"].as_str().unwrap().parse().unwrap(),
+                router_id: site.router,
+                status: JobStatus::Succeeded,
+                attempts: 1,
+                progress: None,
+                error: None,
+                detail: None,
+                at: UnixMillis(now.as_millis()),
+            })
+        })
+        .collect();
+    assert!(!updates.is_empty(), "no backup job to finish");
+    commit(&app.t.db, site.agent, updates).await;
+}
+
+#[tokio::test]
+async fn the_schedule_queues_one_backup_per_router_per_interval() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let app = spawn_app().await;
+        let db = &app.t.db;
+        let a = site(&app, "acme").await;
+        let second: RouterId = app
+            .router(&a.tenant.operator, &a.agent.to_string(), "acme-edge")
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let a2 = Site {
+            tenant: Tenant {
+                id: a.tenant.id.clone(),
+                operator: a.tenant.operator.clone(),
+                viewer: a.tenant.viewer.clone(),
+            },
+            agent: a.agent,
+            router: second,
+        };
+        let off = site(&app, "globex").await;
+        let (st, v) = app
+            .put(
+                &off.tenant.operator,
+                &format!("/api/v1/tenants/{}/backups", off.tenant.id),
+                json!({"schedule": {"enabled": false}}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+
+        // Daily by default, counted from the router's creation.
+        assert_eq!(db.queue_due_backups().await.unwrap(), 0);
+        app.t.clock.advance(HOUR * 24 - MINUTE);
+        assert_eq!(db.queue_due_backups().await.unwrap(), 0);
+        app.t.clock.advance(MINUTE);
+        assert_eq!(db.queue_due_backups().await.unwrap(), 2);
+        let jobs = backup_jobs(&app, a.router).await;
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        assert_eq!(jobs[0]["priority"], "bulk");
+        assert_eq!(backup_jobs(&app, second).await.len(), 1);
+
+        // None while one is unfinished, however long it takes; the disabled tenant none.
+        assert_eq!(db.queue_due_backups().await.unwrap(), 0);
+        app.t.clock.advance(HOUR * 24 * 3);
+        assert_eq!(db.queue_due_backups().await.unwrap(), 0);
+        assert!(backup_jobs(&app, off.router).await.is_empty());
+
+        // The first router's job finishes (late): the next is due a day after the last was
+        // queued, so at once; the second router's is still unfinished.
+        finish_backups(&app, &a).await;
+        assert_eq!(db.queue_due_backups().await.unwrap(), 1);
+        assert_eq!(backup_jobs(&app, a.router).await.len(), 2);
+        assert_eq!(backup_jobs(&app, second).await.len(), 1);
+
+        // Another controller over the same database (or this one restarted) queues nothing
+        // more; both evaluating at once queue one job between them.
+        let other = Db::open(&app.t.url, app.t.key.clone(), Arc::new(app.t.clock.clone()))
+            .await
+            .unwrap();
+        assert_eq!(other.queue_due_backups().await.unwrap(), 0);
+        finish_backups(&app, &a).await;
+        finish_backups(&app, &a2).await;
+        app.t.clock.advance(HOUR * 24);
+        let (x, y) = tokio::join!(db.queue_due_backups(), other.queue_due_backups());
+        assert_eq!(x.unwrap() + y.unwrap(), 2);
+        assert_eq!(backup_jobs(&app, a.router).await.len(), 3);
+        assert_eq!(backup_jobs(&app, second).await.len(), 2);
+        assert_eq!(other.queue_due_backups().await.unwrap(), 0);
+        other.close().await;
+
+        // A backup staff take restarts the period; a deleted router gets no more.
+        finish_backups(&app, &a).await;
+        app.t.clock.advance(HOUR * 12);
+        let (st, v) = app
+            .post_empty(
+                &a.tenant.operator,
+                &format!("/api/v1/routers/{}/backups", a.router),
+            )
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+        finish_backups(&app, &a).await;
+        let (st, v) = app
+            .delete(&a.tenant.operator, &format!("/api/v1/routers/{second}"))
+            .await;
+        assert!(st.is_success(), "{st} {v}");
+        app.t.clock.advance(HOUR * 23);
+        assert_eq!(db.queue_due_backups().await.unwrap(), 0);
+        app.t.clock.advance(HOUR);
+        assert_eq!(db.queue_due_backups().await.unwrap(), 1);
+        assert_eq!(backup_jobs(&app, a.router).await.len(), 5);
+        assert_eq!(backup_jobs(&app, second).await.len(), 2);
+
+        // Every scheduled job is audited as the scheduler's.
+        let (_, audit) = app.get(&a.tenant.operator, "/api/v1/audit?limit=200").await;
+        let scheduled = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == "router.backup" && r["actor"] == "scheduler")
+            .count();
+        assert_eq!(scheduled, 6, "{audit}");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn the_schedule_keeps_its_time_of_day_and_window() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let app = spawn_app().await;
+        let db = &app.t.db;
+        // Created at midnight; backups daily from 03:00 UTC, started within an hour.
+        let a = site(&app, "acme").await;
+        let (st, v) = app
+            .put(
+                &a.tenant.operator,
+                &format!("/api/v1/tenants/{}/backups", a.tenant.id),
+                json!({"schedule": {"at": "03:00", "window_secs": 3600}}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        app.t.clock.advance(HOUR * 3 - MINUTE);
+        assert_eq!(db.queue_due_backups().await.unwrap(), 0);
+        app.t.clock.advance(MINUTE * 2);
+        assert_eq!(db.queue_due_backups().await.unwrap(), 1);
+        finish_backups(&app, &a).await;
+        app.t.clock.advance(HOUR * 12);
+        assert_eq!(db.queue_due_backups().await.unwrap(), 0);
+        // Day 2, 03:00: due again (the late minute of day 1 does not push it back).
+        app.t.clock.set(UnixMillis(START + DAY + 3 * 3_600_000));
+        assert_eq!(db.queue_due_backups().await.unwrap(), 1);
+        finish_backups(&app, &a).await;
+        // Day 3: the controller was down through the window; the backup waits for day 4.
+        app.t.clock.set(UnixMillis(START + 2 * DAY + 4 * 3_600_000));
+        assert_eq!(db.queue_due_backups().await.unwrap(), 0);
+        app.t
+            .clock
+            .set(UnixMillis(START + 3 * DAY + 3 * 3_600_000 + 59 * 60_000));
+        assert_eq!(db.queue_due_backups().await.unwrap(), 1);
+        assert_eq!(backup_jobs(&app, a.router).await.len(), 3);
     })
     .await
     .expect("test timed out");

@@ -795,3 +795,96 @@ async fn shutdown_says_going_away_and_a_restarted_hub_serves_again() {
     })
     .await;
 }
+
+/// Sends a `backup_fetch` and reads until its `backup_part` (skipping anything else).
+async fn fetch_part(
+    link: &mut Link,
+    job: JobId,
+    backup: &str,
+    offset: u64,
+) -> tikfleet_shared::protocol::BackupPart {
+    link.send_msg(
+        None,
+        Message::BackupFetch(tikfleet_shared::protocol::BackupFetch {
+            job_id: job,
+            backup_id: backup.into(),
+            offset,
+        }),
+    )
+    .await;
+    loop {
+        match link.envelope().await.msg {
+            Message::BackupPart(part) => return part,
+            Message::Close(c) => panic!("hub closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn backup_parts_go_only_to_the_agent_whose_backup_it_is() {
+    within(async {
+        // Small parts, so a modest file takes several.
+        let rig = Rig::with_config(HubConfig {
+            backup_part_size: 100_000,
+            ..HubConfig::default()
+        })
+        .await;
+        let owner = rig.agent();
+        let other = rig.agent();
+        let data: Vec<u8> = (0..450_000u32).map(|i| (i % 251) as u8).collect();
+        rig.store.with(|s| {
+            s.backups.insert((owner.id, "b-1".into()), data.clone());
+        });
+        let job = JobId::new();
+
+        let mut link = rig.link().await;
+        link.handshake(&owner).await;
+        let mut joined = Vec::new();
+        loop {
+            let part = fetch_part(&mut link, job, "b-1", joined.len() as u64).await;
+            assert_eq!(part.error, None);
+            assert_eq!((part.job_id, part.offset), (job, joined.len() as u64));
+            assert_eq!(part.total, data.len() as u64);
+            assert!(part.data.len() <= 100_000);
+            if part.data.is_empty() {
+                break;
+            }
+            joined.extend(part.data);
+        }
+        assert_eq!(joined, data);
+        let past = fetch_part(&mut link, job, "b-1", data.len() as u64 + 1).await;
+        assert_eq!(
+            past.error.map(|e| e.code),
+            Some(tikfleet_shared::ErrorCode::InvalidRequest)
+        );
+
+        // Another agent asking for the same backup is refused, and stays connected.
+        let mut theirs = rig.link().await;
+        theirs.handshake(&other).await;
+        let refused = fetch_part(&mut theirs, job, "b-1", 0).await;
+        let error = refused.error.clone().expect("refused");
+        assert_eq!(error.code, tikfleet_shared::ErrorCode::NotFound);
+        assert!(refused.data.is_empty() && refused.total == 0);
+        theirs
+            .send_msg(None, Message::Ping(Ping { nonce: 9 }))
+            .await;
+        loop {
+            match theirs.envelope().await.msg {
+                Message::Pong(p) => {
+                    assert_eq!(p.nonce, 9);
+                    break;
+                }
+                Message::Close(c) => panic!("hub closed: {c:?}"),
+                _ => {}
+            }
+        }
+
+        // The hub never sends an agent's message: a `backup_part` from an agent is refused.
+        theirs.send_msg(None, Message::BackupPart(refused)).await;
+        let closed = theirs.until_closed().await;
+        assert_eq!(close_code(&closed), Some(CloseCode::ProtocolError));
+        rig.shutdown().await;
+    })
+    .await;
+}

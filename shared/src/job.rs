@@ -146,7 +146,13 @@ pub enum JobOp {
         name: Option<String>,
     },
     /// Restore a binary backup: upload it to the router's `/file` as `name`, load it with
-    /// the router's backup password, wait for the router to come back and report its version.
+    /// the router's backup password, wait for the router to come back, report its version
+    /// and remove the uploaded file.
+    ///
+    /// The file either travels inside the job (`data`, what controllers before chunked
+    /// restores sent) or, with `size` set and `data` empty, is fetched from the controller in
+    /// parts ([`BackupFetch`](crate::protocol::BackupFetch)) by `backup_id`; either way the
+    /// agent checks `sha256` before anything reaches the router.
     Restore {
         /// Backup file name on the router.
         name: String,
@@ -157,9 +163,13 @@ pub enum JobOp {
         /// empty, so a restore by file name encodes as before these fields existed.
         #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
         data: Vec<u8>,
-        /// SHA-256 of `data`.
+        /// SHA-256 of the file.
         #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
         sha256: Vec<u8>,
+        /// The file's size when it is fetched in parts (then `data` is empty); `None` when
+        /// the job carries the file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
     /// Rotate the credentials the agent uses to log in to the router.
     RotateCredentials {},
@@ -323,6 +333,7 @@ mod tests {
                 backup_id: None,
                 data: vec![1, 2],
                 sha256: Vec::new(),
+                size: None,
             },
             JobOp::DeletePppSecret { name: "a".into() },
         ];

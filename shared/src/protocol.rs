@@ -13,6 +13,9 @@
 //! then, both ways:     durable messages (seq), ack, ping / pong, close
 //! ```
 //!
+//! Restores fetch their backup file in parts ([`BackupFetch`] → [`BackupPart`], not durable):
+//! see [`BackupFetch`].
+//!
 //! Durable messages ([`Message::is_durable`]): the controller's `router_config`,
 //! `desired_state`, `job` and `job_cancel`, and the agent's `record`s. Each carries a `seq` from the sender's
 //! [`DurableStream`](crate::session::DurableStream); the receiver stores it before it acks.
@@ -38,8 +41,8 @@ use std::ops::RangeInclusive;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::DesiredState;
-use crate::error::ErrorCode;
-use crate::ids::{AgentId, RouterId, TenantId};
+use crate::error::{ErrorCode, ErrorInfo};
+use crate::ids::{AgentId, JobId, RouterId, TenantId};
 use crate::job::{Job, JobCancel};
 use crate::record::OutboxRecord;
 use crate::time::UnixMillis;
@@ -273,11 +276,15 @@ pub enum Message {
     Close(Close),
     /// Controller → agent: the agent's identity was revoked; do not reconnect.
     Revoked(Revoked),
+    /// Agent → controller: send a part of a stored backup (for a `restore` job).
+    BackupFetch(BackupFetch),
+    /// Controller → agent: the answer to a [`BackupFetch`]: a part, or why not.
+    BackupPart(BackupPart),
 }
 
 impl Message {
     /// Every message name, in declaration order.
-    pub const NAMES: [&'static str; 13] = [
+    pub const NAMES: [&'static str; 15] = [
         "challenge",
         "hello",
         "welcome",
@@ -291,6 +298,8 @@ impl Message {
         "pong",
         "close",
         "revoked",
+        "backup_fetch",
+        "backup_part",
     ];
 
     /// The message's snake_case name, identical to its serialized tag.
@@ -310,6 +319,8 @@ impl Message {
             Self::Pong(_) => "pong",
             Self::Close(_) => "close",
             Self::Revoked(_) => "revoked",
+            Self::BackupFetch(_) => "backup_fetch",
+            Self::BackupPart(_) => "backup_part",
         }
     }
 
@@ -336,8 +347,9 @@ impl Message {
             | Self::Job(_)
             | Self::JobCancel(_)
             | Self::RouterConfig(_)
-            | Self::Revoked(_) => Sender::Controller,
-            Self::Hello(_) | Self::Record(_) => Sender::Agent,
+            | Self::Revoked(_)
+            | Self::BackupPart(_) => Sender::Controller,
+            Self::Hello(_) | Self::Record(_) | Self::BackupFetch(_) => Sender::Agent,
             Self::Ack(_) | Self::Ping(_) | Self::Pong(_) | Self::Close(_) => Sender::Either,
         }
     }
@@ -597,6 +609,52 @@ pub struct Close {
 pub struct Revoked {
     /// Why, for people.
     pub reason: String,
+}
+
+/// The most bytes one [`BackupPart`] carries: parts stay far below the frame limit, so a
+/// restore of any size never needs a large frame (or much memory) on either side.
+pub const MAX_BACKUP_PART: usize = 256 * 1024;
+
+/// Agent → controller: send the bytes of stored backup `backup_id` from `offset` on.
+///
+/// A `restore` job names its backup by id, size and SHA-256 instead of carrying the file.
+/// The agent asks for one part at a time, appends each to a file staged in its data folder,
+/// and asks for the next from the size it has staged, so a dropped link or a restart resumes
+/// where it stopped. The controller answers with one [`BackupPart`] of at most
+/// [`MAX_BACKUP_PART`] bytes, and only for a binary backup of one of this agent's routers.
+/// Neither message is durable: an answer lost with the link is simply asked for again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupFetch {
+    /// The `restore` job asking (for the controller's logs).
+    pub job_id: JobId,
+    /// The controller's backup id, as the job names it.
+    pub backup_id: String,
+    /// The first byte wanted.
+    pub offset: u64,
+}
+
+/// Controller → agent: the answer to a [`BackupFetch`].
+///
+/// On success `error` is `None` and `data` holds the bytes from `offset` (at most
+/// [`MAX_BACKUP_PART`]; empty at or past the end); `total` is the file's size. On failure
+/// `error` says why (`not_found`: no such backup of this agent's routers; `invalid_request`:
+/// an offset past the end) and `data` is empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupPart {
+    /// The job, echoed.
+    pub job_id: JobId,
+    /// The backup, echoed.
+    pub backup_id: String,
+    /// The offset, echoed.
+    pub offset: u64,
+    /// The file's size in bytes (0 with an error).
+    pub total: u64,
+    /// The bytes from `offset`.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// Why there are no bytes.
+    #[serde(default)]
+    pub error: Option<ErrorInfo>,
 }
 
 #[cfg(test)]

@@ -363,7 +363,8 @@ pub struct InterfaceCounters {
     pub tx_errors: u64,
 }
 
-/// The agent's host and its queues.
+/// The agent's host and its queues. Fields added since the first agents are `Option`s,
+/// left out of the frame when `None`, so frames of older agents still decode (to `None`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostSample {
     /// The agent.
@@ -386,6 +387,14 @@ pub struct HostSample {
     pub outbox_bytes: u64,
     /// Jobs waiting in the queue.
     pub queued_jobs: u64,
+    /// The outbox's byte cap (`[outbox] max_bytes`): above it the oldest telemetry is
+    /// dropped. `None` from agents that predate the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_max_bytes: Option<u64>,
+    /// Telemetry records the outbox has dropped under its caps, ever. `None` from agents
+    /// that predate the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry_dropped: Option<u64>,
 }
 
 /// A router's software: RouterOS version and update channel, what `check-for-updates`

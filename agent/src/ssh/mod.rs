@@ -20,9 +20,9 @@
 mod error;
 mod host_key;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -200,7 +200,28 @@ impl SshDriver {
     pub async fn upload(&self, remote_name: &str, bytes: Vec<u8>) -> Result<(), SshError> {
         let name = check_name(remote_name)?;
         self.blocking("upload", move |inner, session| {
-            inner.upload(session, &name, &bytes)
+            inner.upload(session, &name, &mut bytes.as_slice(), bytes.len() as u64)
+        })
+        .await
+    }
+
+    /// [`upload`](Self::upload) of the local file `local`, streamed (never whole in memory).
+    ///
+    /// # Errors
+    ///
+    /// As [`upload`](Self::upload); `internal` when the local file cannot be read.
+    pub async fn upload_file(&self, remote_name: &str, local: PathBuf) -> Result<(), SshError> {
+        let name = check_name(remote_name)?;
+        self.blocking("upload", move |inner, session| {
+            let read = |e: std::io::Error| {
+                SshError::new(
+                    ErrorCode::Internal,
+                    format!("cannot read {}: {e}", local.display()),
+                )
+            };
+            let mut file = std::fs::File::open(&local).map_err(read)?;
+            let len = file.metadata().map_err(read)?.len();
+            inner.upload(session, &name, &mut file, len)
         })
         .await
     }
@@ -407,28 +428,38 @@ impl Inner {
         Ok(data)
     }
 
-    fn upload(&self, session: &Session, name: &str, bytes: &[u8]) -> Result<(), SshError> {
+    fn upload(
+        &self,
+        session: &Session,
+        name: &str,
+        source: &mut dyn std::io::Read,
+        len: u64,
+    ) -> Result<(), SshError> {
         let ssh = |e: ssh2::Error| from_ssh(Stage::Sftp, &e);
         let sftp = session.sftp().map_err(ssh)?;
         let path = Path::new(name);
         let mut file = sftp.create(path).map_err(ssh)?;
-        file.write_all(bytes)
-            .map_err(|e| from_io(Stage::Sftp, &e))?;
+        let written = std::io::copy(source, &mut file).map_err(|e| from_io(Stage::Sftp, &e))?;
+        if written != len {
+            return Err(SshError::new(
+                ErrorCode::Internal,
+                format!("sftp: the source held {written} bytes, not {len}"),
+            ));
+        }
         // Dropping the handle closes it; the router stores the file then (ssh2's explicit
         // close is not public API). The size check below sees the stored file.
         drop(file);
         let stored = sftp.stat(path).map_err(ssh)?.size;
-        if stored != Some(bytes.len() as u64) {
+        if stored != Some(len) {
             return Err(SshError::new(
                 ErrorCode::ConnectionReset,
                 format!(
-                    "sftp: wrote {} bytes but the router holds {}",
-                    bytes.len(),
+                    "sftp: wrote {len} bytes but the router holds {}",
                     stored.map_or_else(|| "an unknown size".to_owned(), |s| format!("{s} bytes")),
                 ),
             ));
         }
-        debug!(router = %self.endpoint.id, file = name, size = bytes.len(), "sftp upload");
+        debug!(router = %self.endpoint.id, file = name, size = len, "sftp upload");
         Ok(())
     }
 }

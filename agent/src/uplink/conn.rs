@@ -20,6 +20,11 @@
 //! the stream does not stall; a storage failure closes the connection unacknowledged and the
 //! controller pushes again on the next one.
 //!
+//! A restore's backup-part requests ([`BackupFetcher`](super::fetch::BackupFetcher)) are taken
+//! while the session runs and sent as `backup_fetch`; each stays with the session until its
+//! `backup_part` arrives, and is dropped (its asker told the link dropped) when the
+//! connection ends. An answer nobody asked for on this connection is ignored.
+//!
 //! The agent's records go out from the outbox's last ack, only committed ones, at most
 //! `UplinkConfig::window` unacknowledged; the controller's acks trim the outbox. Reading stops
 //! while a batch is full (backpressure to TCP); a writer task owns the socket's sending half.
@@ -34,9 +39,9 @@ use rustls::pki_types::ServerName;
 use tikfleet_shared::codec::{self, MAX_FRAME_SIZE};
 use tikfleet_shared::job::{Job, JobCancel};
 use tikfleet_shared::protocol::{
-    Ack, Close, CloseCode, Envelope, Hello, IdentityProof, MIN_SUPPORTED_VERSION, Message,
-    OutboxPosition, PROTOCOL_VERSION, Ping, Pong, ProtocolError, RouterConfig, RouterTls,
-    SUPPORTED_VERSIONS, hello_signing_payload,
+    Ack, BackupFetch, BackupPart, Close, CloseCode, Envelope, Hello, IdentityProof,
+    MIN_SUPPORTED_VERSION, Message, OutboxPosition, PROTOCOL_VERSION, Ping, Pong, ProtocolError,
+    RouterConfig, RouterTls, SUPPORTED_VERSIONS, hello_signing_payload,
 };
 use tikfleet_shared::record::{DropReason, OutboxRecord};
 use tikfleet_shared::session::DurableStream;
@@ -47,6 +52,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
+use super::fetch::PendingFetch;
 use super::{LinkState, Uplink, stopped};
 use crate::queue::QueueError;
 use crate::router::{RouterEndpoint, TlsMode};
@@ -180,12 +186,40 @@ struct Session {
     /// The highest outbox seq fetched into `ready` (or sent).
     fetched: u64,
     control: VecDeque<Message>,
+    /// Backup-part requests to send, oldest first.
+    fetches: VecDeque<BackupFetch>,
+    /// Backup-part requests sent and not answered yet (dropped with the session).
+    asked: Vec<PendingFetch>,
     ack_sent: u64,
     force_ack: bool,
     ping_nonce: u64,
 }
 
 impl Session {
+    /// Takes a restore's requests for backup parts: each is sent, then kept until answered.
+    fn take_fetches(&mut self, pending: Vec<PendingFetch>) {
+        // Requests whose askers timed out and asked again are not kept for ever.
+        self.asked.retain(|p| !p.abandoned());
+        for p in pending {
+            self.fetches.push_back(p.request().clone());
+            self.asked.push(p);
+        }
+    }
+
+    /// Hands a `backup_part` to the request it answers (by job, backup and offset).
+    fn on_part(&mut self, part: BackupPart) {
+        let found = self.asked.iter().position(|p| {
+            let r = p.request();
+            r.job_id == part.job_id && r.backup_id == part.backup_id && r.offset == part.offset
+        });
+        match found {
+            Some(i) => self.asked.swap_remove(i).answer(part),
+            None => {
+                tracing::debug!(job = %part.job_id, offset = part.offset, "ignoring a backup part nobody asked for");
+            }
+        }
+    }
+
     fn push_control(&mut self, msg: Message) {
         if self.control.len() >= MAX_CONTROL {
             self.control.pop_front();
@@ -199,6 +233,7 @@ impl Session {
 
     fn wants_send(&self, window: usize) -> bool {
         !self.control.is_empty()
+            || !self.fetches.is_empty()
             || (!self.ready.is_empty() && self.unacked() < window)
             || self.force_ack
             || self.stream.ack() > self.ack_sent
@@ -209,6 +244,8 @@ impl Session {
         let ack = self.stream.ack();
         let (seq, msg) = if let Some(msg) = self.control.pop_front() {
             (None, msg)
+        } else if let Some(fetch) = self.fetches.pop_front() {
+            (None, Message::BackupFetch(fetch))
         } else if self.unacked() < window
             && let Some((seq, record)) = self.ready.pop_front()
         {
@@ -483,6 +520,8 @@ impl Link<'_> {
                 ready: VecDeque::new(),
                 fetched: acked,
                 control: VecDeque::new(),
+                fetches: VecDeque::new(),
+                asked: Vec::new(),
                 ack_sent: 0,
                 force_ack: false,
                 ping_nonce: 0,
@@ -516,10 +555,15 @@ impl Link<'_> {
         let silence = interval.saturating_mul(up.config.missed_heartbeats.max(1));
         let window = up.config.window.max(1);
         let outbox = Arc::clone(&up.parts.outbox);
+        let fetcher = up.fetcher.clone();
         loop {
             let pushed = outbox.pushed_signal().notified();
             tokio::pin!(pushed);
             pushed.as_mut().enable();
+            let asked = fetcher.notified();
+            tokio::pin!(asked);
+            asked.as_mut().enable();
+            s.take_fetches(fetcher.take());
             if s.ready.is_empty() && s.unacked() < window {
                 match outbox.read_after(s.fetched, window - s.unacked()) {
                     Ok(records) => {
@@ -563,6 +607,7 @@ impl Link<'_> {
                 },
                 () = std::future::ready(()), if !s.batch.is_empty() => Event::Apply,
                 () = &mut pushed => Event::Pushed,
+                () = &mut asked => Event::Pushed,
                 () = clock.sleep_until(timer) => Event::Timer,
             };
             let now = clock.now();
@@ -714,6 +759,10 @@ impl Link<'_> {
             Message::Ack(_) | Message::Pong(_) => Ok(()),
             Message::Ping(Ping { nonce }) => {
                 s.push_control(Message::Pong(Pong { nonce }));
+                Ok(())
+            }
+            Message::BackupPart(part) => {
+                s.on_part(part);
                 Ok(())
             }
             other => Err(Ended::Close(

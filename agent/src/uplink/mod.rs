@@ -6,6 +6,7 @@
 //! - [`tls`]: which certificates the agent trusts for the controller.
 //! - [`backoff`]: reconnect delays (exponential, capped, jittered, reset after a healthy
 //!   connection).
+//! - [`fetch`]: backup parts a restore job asks the controller for, carried by the session.
 //! - `conn`: one WebSocket connection: challenge → signed hello → welcome, then the session
 //!   (see its docs for what is stored before what is acknowledged).
 //!
@@ -19,6 +20,7 @@
 pub mod backoff;
 mod conn;
 pub mod enroll;
+pub mod fetch;
 pub mod tls;
 
 use std::sync::Arc;
@@ -167,6 +169,7 @@ pub struct Uplink {
     tls: Arc<rustls::ClientConfig>,
     config: UplinkConfig,
     status: watch::Sender<UplinkStatus>,
+    fetcher: fetch::BackupFetcher,
 }
 
 impl std::fmt::Debug for Uplink {
@@ -198,7 +201,16 @@ impl Uplink {
             tls,
             config,
             status,
+            fetcher: fetch::BackupFetcher::new(),
         })
+    }
+
+    /// Carries the backup-part requests of `fetcher` (the one restores use, see
+    /// [`Backups::with_restores`](crate::backup::Backups::with_restores)) to the controller.
+    #[must_use]
+    pub fn with_fetcher(mut self, fetcher: fetch::BackupFetcher) -> Self {
+        self.fetcher = fetcher;
+        self
     }
 
     /// Follows the uplink's status.

@@ -1,6 +1,7 @@
 //! `/api/v1/agents`: the agents staff see, their revocation, and the two calls agents make
 //! themselves: enrollment (authorised by a one-time token) and key rotation (authorised by a
-//! signature of the current key). Their JSON is `tikfleet_shared::enroll`'s.
+//! signature of the current key). Their JSON is `tikfleet_shared::enroll`'s. The agent view
+//! carries the agent's latest host sample (`host`).
 
 use axum::Json;
 use axum::extract::State;
@@ -16,7 +17,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 use super::{ListQuery, validate};
 use crate::app::AppState;
-use crate::db::agents::{Agent, Enrollment, Rotation};
+use crate::db::agents::{Agent, AgentHost, Enrollment, Rotation};
 
 /// An agent.
 #[derive(Serialize, ToSchema)]
@@ -39,6 +40,66 @@ pub struct AgentDto {
     pub revoked: bool,
     /// When it enrolled (RFC 3339).
     pub created_at: String,
+    /// Its site box and queues from its latest host sample; null until the first arrives.
+    pub host: Option<AgentHostDto>,
+}
+
+/// An agent's site box and queues, as its latest host sample (every 30 s while it is
+/// connected) reported them.
+#[derive(Serialize, ToSchema)]
+pub struct AgentHostDto {
+    /// When the agent took the sample (RFC 3339).
+    pub sampled_at: String,
+    /// CPU load in percent (0–100).
+    pub cpu_load_percent: u8,
+    /// Free memory, bytes.
+    pub free_memory_bytes: u64,
+    /// Total memory, bytes.
+    pub total_memory_bytes: u64,
+    /// Uptime, seconds.
+    pub uptime_secs: u64,
+    /// Free disk in the agent's data folder, bytes.
+    pub free_disk_bytes: u64,
+    /// Total disk in the agent's data folder, bytes.
+    pub total_disk_bytes: u64,
+    /// Records waiting in the outbox for the controller.
+    pub outbox_records: u64,
+    /// Bytes the outbox uses.
+    pub outbox_bytes: u64,
+    /// The outbox's byte cap, above which the oldest telemetry is dropped; null from
+    /// agents that do not report it.
+    pub outbox_max_bytes: Option<u64>,
+    /// `outbox_bytes` as a percentage of `outbox_max_bytes` (rounded down); null without a
+    /// cap.
+    pub outbox_percent: Option<u64>,
+    /// Telemetry records the outbox has dropped under its caps, ever; null from agents that
+    /// do not report it.
+    pub telemetry_dropped: Option<u64>,
+    /// Jobs waiting in the agent's queue.
+    pub queued_jobs: u64,
+}
+
+impl From<AgentHost> for AgentHostDto {
+    fn from(h: AgentHost) -> Self {
+        Self {
+            sampled_at: validate::format_time(h.sampled_at),
+            cpu_load_percent: h.cpu_load_percent,
+            free_memory_bytes: h.free_memory_bytes,
+            total_memory_bytes: h.total_memory_bytes,
+            uptime_secs: h.uptime_secs,
+            free_disk_bytes: h.free_disk_bytes,
+            total_disk_bytes: h.total_disk_bytes,
+            outbox_records: h.outbox_records,
+            outbox_bytes: h.outbox_bytes,
+            outbox_max_bytes: h.outbox_max_bytes,
+            outbox_percent: h.outbox_max_bytes.filter(|m| *m > 0).map(|max| {
+                u64::try_from(u128::from(h.outbox_bytes) * 100 / u128::from(max))
+                    .unwrap_or(u64::MAX)
+            }),
+            telemetry_dropped: h.telemetry_dropped,
+            queued_jobs: h.queued_jobs,
+        }
+    }
 }
 
 impl From<Agent> for AgentDto {
@@ -52,6 +113,7 @@ impl From<Agent> for AgentDto {
             last_seen: a.last_seen.map(validate::format_time),
             revoked: a.revoked_at.is_some(),
             created_at: validate::format_time(a.created_at),
+            host: a.host.map(Into::into),
         }
     }
 }

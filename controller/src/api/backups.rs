@@ -1,10 +1,11 @@
 //! `/api/v1/routers/{id}/backups` and `/api/v1/backups/{id}`: router backups the agents
-//! upload (see `db/backups.rs`), listed, taken on demand as a job, downloaded and compared.
+//! upload (see `db/backups.rs`), listed, taken on demand as a job, downloaded and compared;
+//! and `/api/v1/tenants/{id}/backups`: the tenant's schedule and retention settings.
 //!
-//! Who may do what: every role lists backups and reads text exports (always redacted);
-//! operators and admins take backups and download binary ones (encrypted by the router, but
-//! still a full copy of the configuration). Every download and diff is audited, without
-//! content.
+//! Who may do what: every role lists backups, reads text exports (always redacted) and the
+//! tenant's backup settings; operators and admins take backups, download binary ones
+//! (encrypted by the router, but still a full copy of the configuration) and change the
+//! settings. Every download and diff is audited, without content.
 
 use axum::Json;
 use axum::extract::State;
@@ -17,11 +18,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiPath, ApiQuery, Auth};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 use super::jobs::JobDto;
 use super::validate;
 use crate::app::AppState;
-use crate::db::backups::{Backup, export_diff, redact_export};
+use crate::db::backups::{Backup, BackupSettings, export_diff, redact_export};
 
 /// One stored backup file.
 #[derive(Serialize, ToSchema)]
@@ -209,8 +210,9 @@ pub async fn diff(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
-/// Restores a binary backup on its router: a job that uploads it, loads it, waits for the
-/// router to reboot and reports its version (operators and admins).
+/// Restores a binary backup on its router: a job whose agent fetches the file in parts over
+/// its link, checks its SHA-256, uploads and loads it, waits for the router to reboot,
+/// reports its version and removes the uploaded file (operators and admins).
 #[utoipa::path(post, path = "/api/v1/backups/{id}/restore", tag = "backups", params(("id" = String, Path)),
     responses((status = 202, body = JobDto), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn restore(
@@ -221,4 +223,32 @@ pub async fn restore(
     let p = auth.writer()?;
     let job = st.db.request_restore(&p.staff(), id).await?;
     Ok((StatusCode::ACCEPTED, Json(job.into())))
+}
+
+/// Shows a tenant's backup schedule and retention.
+#[utoipa::path(get, path = "/api/v1/tenants/{id}/backups", tag = "backups", params(("id" = String, Path)),
+    responses((status = 200, body = BackupSettings), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn show_settings(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    ApiPath(id): ApiPath<TenantId>,
+) -> Result<Json<BackupSettings>, ApiError> {
+    Ok(Json(st.db.backup_settings(&p.scope(), id).await?))
+}
+
+/// Replaces a tenant's backup schedule and retention (fields left out take their defaults;
+/// operators and admins).
+#[utoipa::path(put, path = "/api/v1/tenants/{id}/backups", tag = "backups", params(("id" = String, Path)),
+    request_body = BackupSettings,
+    responses((status = 200, body = BackupSettings), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn set_settings(
+    State(st): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<TenantId>,
+    ApiJson(body): ApiJson<BackupSettings>,
+) -> Result<Json<BackupSettings>, ApiError> {
+    let p = auth.writer()?;
+    Ok(Json(
+        st.db.set_backup_settings(&p.staff(), id, &body).await?,
+    ))
 }

@@ -89,6 +89,7 @@ impl Modify for BearerAuth {
         drift::check, drift::list, drift::show, drift::accept, drift::enforce,
         audit::list,
         backups::list, backups::create, backups::download, backups::diff, backups::restore,
+        backups::show_settings, backups::set_settings,
         notifications::show_settings, notifications::set_settings, notifications::send_test,
         notifications::subscriber_log,
         lifecycle::show_tenant, lifecycle::set_tenant, lifecycle::show_plan, lifecycle::set_plan,
@@ -231,6 +232,10 @@ pub fn routes(state: AppState) -> Router {
         .route("/backups/{id}", get(backups::download))
         .route("/backups/{id}/diff", get(backups::diff))
         .route("/backups/{id}/restore", post(backups::restore))
+        .route(
+            "/tenants/{id}/backups",
+            get(backups::show_settings).put(backups::set_settings),
+        )
         .route("/plans", post(plans::create).get(plans::list))
         .route(
             "/plans/{id}",

@@ -1,17 +1,26 @@
-//! Agents: enrollment with a one-time token, identity keys and their rotation, revocation.
+//! Agents: enrollment with a one-time token, identity keys and their rotation, revocation,
+//! and each agent's latest host sample.
 //!
 //! Enrollment and rotation are not staff actions: the enrollment token (or a signature by the
 //! agent's current key) is the authority. Their audit rows name the agent as actor.
+//!
+//! The host sample (the site box's CPU, memory and disk, the outbox's depth and cap, queued
+//! jobs) arrives as telemetry in the hub's record transaction; the health batch
+//! ([`super::health`]) hands the batch's latest one to [`store_host_sample`], which keeps it
+//! on the agent's row unless a newer one is there. The agent view and the
+//! `outbox_near_cap` alert rule ([`super::alerts`]) read it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ring::signature::{ED25519, UnparsedPublicKey};
 use tikfleet_shared::enroll::{key_id, rotate_signing_payload};
-use tikfleet_shared::record::AuditParams;
+use tikfleet_shared::record::{AuditParams, HostSample};
 use tikfleet_shared::{AgentId, TenantId, UnixMillis};
 
 use super::sql::Sql;
-use super::{Db, DbError, Page, PageRequest, Refusal, RowExt as _, Scope, Staff, audit_staff};
+use super::{
+    Db, DbError, Page, PageRequest, Refusal, RowExt as _, Scope, Staff, audit_staff, to_i64,
+};
 use crate::crypto::token_hash;
 
 /// How far a rotation's signing time may be from the controller's clock.
@@ -38,6 +47,37 @@ pub struct Agent {
     pub revoked_at: Option<UnixMillis>,
     /// X25519 seal key router passwords are sealed to.
     pub seal_key: Vec<u8>,
+    /// Its host as its latest host sample reported it (`None` until the first arrives).
+    pub host: Option<AgentHost>,
+}
+
+/// An agent's site box and queues, from its latest host sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentHost {
+    /// When the agent took the sample.
+    pub sampled_at: UnixMillis,
+    /// CPU load in percent (0–100).
+    pub cpu_load_percent: u8,
+    /// Free memory in bytes.
+    pub free_memory_bytes: u64,
+    /// Total memory in bytes.
+    pub total_memory_bytes: u64,
+    /// Uptime in seconds.
+    pub uptime_secs: u64,
+    /// Free disk in the agent's data folder, in bytes.
+    pub free_disk_bytes: u64,
+    /// Total disk in the agent's data folder, in bytes.
+    pub total_disk_bytes: u64,
+    /// Records waiting in the outbox.
+    pub outbox_records: u64,
+    /// Bytes the outbox uses.
+    pub outbox_bytes: u64,
+    /// The outbox's byte cap (`None`: the agent does not report it).
+    pub outbox_max_bytes: Option<u64>,
+    /// Telemetry records the outbox has dropped under its caps, ever (`None`: not reported).
+    pub telemetry_dropped: Option<u64>,
+    /// Jobs waiting in the agent's queue.
+    pub queued_jobs: u64,
 }
 
 /// What an enrolling agent presents (already decoded at the edge).
@@ -68,8 +108,86 @@ pub struct Rotation {
     pub signature: Vec<u8>,
 }
 
-pub(crate) const AGENT_COLUMNS: &str =
-    "id, tenant_id, name, agent_version, connected, last_seen, created_at, revoked_at, seal_key";
+pub(crate) const AGENT_COLUMNS: &str = "id, tenant_id, name, agent_version, connected, last_seen, created_at, revoked_at, seal_key, \
+     host_at, host_cpu, host_mem_free, host_mem_total, host_uptime, host_disk_free, \
+     host_disk_total, host_outbox_records, host_outbox_bytes, host_outbox_max, \
+     host_telemetry_dropped, host_queued_jobs";
+
+/// The host columns of an agent row (see [`AGENT_COLUMNS`]); `None` before the first sample.
+fn host(row: &sqlx::any::AnyRow) -> Result<Option<AgentHost>, DbError> {
+    let Some(at) = row.opt_millis("host_at")? else {
+        return Ok(None);
+    };
+    // Written together with `host_at`: NULL here is a corrupt row, reported as such.
+    let num = |column: &str| {
+        row.opt_int(column)?
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or_else(|| DbError::Corrupt(format!("agents.{column}")))
+    };
+    let opt = |column: &str| -> Result<Option<u64>, DbError> {
+        Ok(row.opt_int(column)?.and_then(|v| u64::try_from(v).ok()))
+    };
+    Ok(Some(AgentHost {
+        sampled_at: at,
+        cpu_load_percent: u8::try_from(num("host_cpu")?.min(100)).unwrap_or(100),
+        free_memory_bytes: num("host_mem_free")?,
+        total_memory_bytes: num("host_mem_total")?,
+        uptime_secs: num("host_uptime")?,
+        free_disk_bytes: num("host_disk_free")?,
+        total_disk_bytes: num("host_disk_total")?,
+        outbox_records: num("host_outbox_records")?,
+        outbox_bytes: num("host_outbox_bytes")?,
+        outbox_max_bytes: opt("host_outbox_max")?,
+        telemetry_dropped: opt("host_telemetry_dropped")?,
+        queued_jobs: num("host_queued_jobs")?,
+    }))
+}
+
+/// Keeps `sample`, taken at `at`, as `agent`'s latest host sample, unless the row already
+/// holds a newer one. Called from the hub's record transaction for the newest host sample
+/// of a committed batch; `agent` is the session's agent (the sample's own `agent_id` is not
+/// trusted), and the update is scoped to `tenant`.
+pub(crate) async fn store_host_sample(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: TenantId,
+    agent: AgentId,
+    at: i64,
+    sample: &HostSample,
+) -> Result<(), DbError> {
+    let mut q = Sql::new("UPDATE agents SET host_at = ");
+    q.bind(at)
+        .push(", host_cpu = ")
+        .bind(i64::from(sample.cpu_load_percent.min(100)))
+        .push(", host_mem_free = ")
+        .bind(to_i64(sample.free_memory_bytes))
+        .push(", host_mem_total = ")
+        .bind(to_i64(sample.total_memory_bytes))
+        .push(", host_uptime = ")
+        .bind(to_i64(sample.uptime_secs))
+        .push(", host_disk_free = ")
+        .bind(to_i64(sample.free_disk_bytes))
+        .push(", host_disk_total = ")
+        .bind(to_i64(sample.total_disk_bytes))
+        .push(", host_outbox_records = ")
+        .bind(to_i64(sample.outbox_records))
+        .push(", host_outbox_bytes = ")
+        .bind(to_i64(sample.outbox_bytes))
+        .push(", host_outbox_max = ")
+        .bind(sample.outbox_max_bytes.map(to_i64))
+        .push(", host_telemetry_dropped = ")
+        .bind(sample.telemetry_dropped.map(to_i64))
+        .push(", host_queued_jobs = ")
+        .bind(to_i64(sample.queued_jobs))
+        .push(" WHERE id = ")
+        .bind(agent.to_string())
+        .push(" AND tenant_id = ")
+        .bind(tenant.to_string())
+        .push(" AND (host_at IS NULL OR host_at <= ")
+        .bind(at)
+        .push(")");
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
 
 pub(crate) fn agent(row: &sqlx::any::AnyRow) -> Result<Agent, DbError> {
     Ok(Agent {
@@ -84,6 +202,7 @@ pub(crate) fn agent(row: &sqlx::any::AnyRow) -> Result<Agent, DbError> {
         seal_key: STANDARD
             .decode(row.text("seal_key")?)
             .map_err(|_| DbError::Corrupt("seal_key".into()))?,
+        host: host(row)?,
     })
 }
 

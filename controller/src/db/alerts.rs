@@ -1,5 +1,6 @@
 //! Alerts in storage: evaluating each tenant's rules ([`crate::alerts::AlertRules`]) against
-//! health samples, router and agent status, jobs and the audit log; the alerts it opens and
+//! health samples, router and agent status (with each agent's latest host sample), jobs and
+//! the audit log; the alerts it opens and
 //! resolves; their notices; acknowledgement; and the rules' settings.
 //!
 //! [`Db::evaluate_alerts`] runs one transaction per tenant at the controller's clock: it reads
@@ -429,7 +430,7 @@ async fn conditions(
         );
         q.bind(now.saturating_sub(for_ms))
             .push(" AND tenant_id = ")
-            .bind(t);
+            .bind(t.clone());
         for row in q.fetch_all(&mut **tx).await? {
             let agent: AgentId = row.parse("id")?;
             let agent_name = row.text("name")?;
@@ -446,6 +447,72 @@ async fn conditions(
                     ),
                 },
             );
+        }
+    }
+
+    if rules.outbox_near_cap.enabled || rules.agent_disk_low.enabled {
+        // Each agent's latest host sample, however old: an agent that went offline keeps the
+        // state of its last report (agent_offline covers the outage) instead of resolving
+        // and firing again when the same old figures are read after it reconnects.
+        let mut q = Sql::new(
+            "SELECT id, name, host_outbox_records, host_outbox_bytes, host_outbox_max, \
+             host_telemetry_dropped, host_disk_free, host_disk_total FROM agents \
+             WHERE revoked_at IS NULL AND host_at IS NOT NULL AND tenant_id = ",
+        );
+        q.bind(t);
+        for row in q.fetch_all(&mut **tx).await? {
+            let agent: AgentId = row.parse("id")?;
+            let agent_name = row.text("name")?;
+            let mut agent_condition = |rule: Rule, summary: String, detail: String| {
+                out.insert(
+                    (rule, agent.to_string()),
+                    Condition {
+                        router: None,
+                        agent: Some(agent),
+                        summary,
+                        detail,
+                    },
+                );
+            };
+            let percent = i128::from(rules.outbox_near_cap.percent);
+            let bytes = i128::from(row.int("host_outbox_bytes")?);
+            // No cap reported (an older agent): not checked.
+            let max = i128::from(row.opt_int("host_outbox_max")?.unwrap_or(0));
+            if rules.outbox_near_cap.enabled && max > 0 && bytes * 100 >= percent * max {
+                let records = row.int("host_outbox_records")?;
+                let pct = bytes * 100 / max;
+                let dropped = row
+                    .opt_int("host_telemetry_dropped")?
+                    .map_or_else(String::new, |n| {
+                        format!(" It has dropped {n} telemetry record(s) so far.")
+                    });
+                agent_condition(
+                    Rule::OutboxNearCap,
+                    format!("agent {agent_name} outbox at {pct} % of its cap"),
+                    format!(
+                        "Agent {agent_name}'s outbox holds {records} record(s) in {bytes} of its \
+                         {max} bytes ({pct} %, alert at {percent} %): records are reaching the \
+                         controller slower than they are made, or not at all. At the cap the \
+                         oldest telemetry is dropped (audit records and job results never \
+                         are).{dropped}"
+                    ),
+                );
+            }
+            let percent = i128::from(rules.agent_disk_low.free_percent);
+            let free = i128::from(row.int("host_disk_free")?);
+            let total = i128::from(row.int("host_disk_total")?);
+            if rules.agent_disk_low.enabled && total > 0 && free * 100 < percent * total {
+                let pct = free * 100 / total;
+                agent_condition(
+                    Rule::AgentDiskLow,
+                    format!("agent {agent_name} disk low ({pct} % free)"),
+                    format!(
+                        "Agent {agent_name}'s data folder is on a filesystem with {free} of \
+                         {total} bytes free ({pct} %, under {percent} %). The agent keeps its \
+                         queue, outbox and router state there; free some space or grow the disk."
+                    ),
+                );
+            }
         }
     }
     Ok(out)

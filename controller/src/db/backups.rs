@@ -1,5 +1,8 @@
 //! Router backups: the chunks agents upload (assembled, checked, stored), the staff's list,
-//! download and diff of them, the `backup_now` job staff request, and retention.
+//! download and diff of them, the `backup_now` job staff request, each tenant's backup
+//! settings ([`BackupSettings`]: the schedule and the retention), the schedule
+//! ([`Db::queue_due_backups`], run every minute by [`ScheduleTask`]) and retention
+//! ([`Db::apply_backup_retention`], run hourly by [`RetentionTask`]).
 //!
 //! The agent's outbox delivers each [`BackupChunk`] exactly once and in order, and resumes
 //! after a dropped link, so assembly only has to stage parts until the last one: the
@@ -15,8 +18,11 @@
 //! passwords in `/export` unless `show-sensitive`, which the agent never asks for) and every
 //! export the API serves, downloaded or diffed, passes through [`redact_export`].
 
+use std::collections::HashMap;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
 use tikfleet_shared::job::{JobOp, Priority};
 use tikfleet_shared::record::{AuditParams, BackupChunk, BackupKind};
 use tikfleet_shared::secret::REDACTED;
@@ -27,14 +33,177 @@ use super::jobs::{JobRecord, NewJob, insert_job, load_job};
 use super::sql::Sql;
 use super::{Db, DbError, RowExt as _, Scope, Staff, audit_staff, to_i64};
 
-/// The largest binary backup a restore job carries (it travels inside one job message,
-/// below the protocol's 4 MiB frame limit).
-pub const MAX_RESTORE_BYTES: usize = 3 * 1024 * 1024;
+/// The largest binary backup the controller restores. The file never travels whole: the
+/// agent fetches it in parts (see `db::restore`), so this only bounds what the agent stages
+/// on disk and what a router takes, far beyond any real `.backup`.
+pub const MAX_RESTORE_BYTES: u64 = 1 << 30;
 
 /// Daily backups kept per router and kind when the tenant sets nothing.
 pub const DEFAULT_KEEP_DAILY: u32 = 30;
 /// Monthly backups kept per router and kind when the tenant sets nothing.
 pub const DEFAULT_KEEP_MONTHLY: u32 = 12;
+/// The most daily backups a tenant may keep (about ten years).
+pub const MAX_KEEP_DAILY: u32 = 3660;
+/// The most monthly backups a tenant may keep (a hundred years).
+pub const MAX_KEEP_MONTHLY: u32 = 1200;
+/// Seconds between scheduled backups when the tenant sets nothing: daily.
+pub const DEFAULT_INTERVAL_SECS: u64 = 86_400;
+/// The shortest schedule interval: hourly.
+pub const MIN_INTERVAL_SECS: u64 = 3_600;
+/// The longest schedule interval: 30 days.
+pub const MAX_INTERVAL_SECS: u64 = 30 * 86_400;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// When routers are backed up by the schedule: a `backup_now` job per router once its last
+/// backup job is `interval_secs` old, or — with `at` — once per `interval_secs / 86400` days
+/// at that time of day (UTC). Fields left out take their defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSchedule {
+    /// Whether the schedule runs (default true).
+    pub enabled: bool,
+    /// Seconds between a router's scheduled backups, 3600 (hourly) to 2592000 (30 days);
+    /// with `at`, a whole number of days. Default 86400 (daily).
+    pub interval_secs: u64,
+    /// Time of day (UTC, `HH:MM`) scheduled backups start at; left out: any time of day.
+    pub at: Option<String>,
+    /// With `at`: how long after it a due backup may still be started, 60 to 86400
+    /// seconds (a backup missed in the window, say while the controller was down, waits
+    /// for the next day's); left out: until the next day's `at`.
+    pub window_secs: Option<u64>,
+}
+
+impl Default for BackupSchedule {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_secs: DEFAULT_INTERVAL_SECS,
+            at: None,
+            window_secs: None,
+        }
+    }
+}
+
+/// A tenant's backup settings: the schedule and the retention of every router's backups.
+/// Fields left out take their defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSettings {
+    /// When scheduled backups are taken.
+    pub schedule: BackupSchedule,
+    /// The newest backup of each of this many last days is kept, per router and kind
+    /// (1 to 3660, default 30).
+    pub keep_daily: u32,
+    /// The newest backup of each of this many last months is kept, per router and kind
+    /// (0 to 1200, default 12).
+    pub keep_monthly: u32,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            schedule: BackupSchedule::default(),
+            keep_daily: DEFAULT_KEEP_DAILY,
+            keep_monthly: DEFAULT_KEEP_MONTHLY,
+        }
+    }
+}
+
+/// `HH:MM` (UTC) as milliseconds after midnight.
+fn time_of_day_ms(at: &str) -> Option<i64> {
+    let (h, m) = at.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 || !(h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some((h * 60 + m) * 60_000)
+}
+
+impl BackupSettings {
+    /// Checks every range; the message names the field.
+    ///
+    /// # Errors
+    /// The first value out of range.
+    pub fn validate(&self) -> Result<(), String> {
+        let s = &self.schedule;
+        if !(MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(&s.interval_secs) {
+            return Err(format!(
+                "schedule.interval_secs must be {MIN_INTERVAL_SECS} to {MAX_INTERVAL_SECS} \
+                 (1 hour to 30 days)"
+            ));
+        }
+        match &s.at {
+            Some(at) => {
+                if time_of_day_ms(at).is_none() {
+                    return Err(format!(
+                        "schedule.at must be a UTC time of day HH:MM (00:00 to 23:59), not {at:?}"
+                    ));
+                }
+                if !s.interval_secs.is_multiple_of(DEFAULT_INTERVAL_SECS) {
+                    return Err(
+                        "schedule.interval_secs must be a whole number of days (a multiple of \
+                         86400) when schedule.at is set"
+                            .into(),
+                    );
+                }
+            }
+            None if s.window_secs.is_some() => {
+                return Err("schedule.window_secs needs schedule.at".into());
+            }
+            None => {}
+        }
+        if s.window_secs.is_some_and(|w| !(60..=86_400).contains(&w)) {
+            return Err("schedule.window_secs must be 60 to 86400".into());
+        }
+        if !(1..=MAX_KEEP_DAILY).contains(&self.keep_daily) {
+            return Err(format!("keep_daily must be 1 to {MAX_KEEP_DAILY}"));
+        }
+        if self.keep_monthly > MAX_KEEP_MONTHLY {
+            return Err(format!("keep_monthly must be 0 to {MAX_KEEP_MONTHLY}"));
+        }
+        Ok(())
+    }
+}
+
+fn parse_settings(json: Option<&str>) -> Result<BackupSettings, DbError> {
+    let Some(json) = json else {
+        return Ok(BackupSettings::default());
+    };
+    let settings: BackupSettings = serde_json::from_str(json)
+        .map_err(|e| DbError::Corrupt(format!("tenant backup settings: {e}")))?;
+    settings
+        .validate()
+        .map_err(|e| DbError::Corrupt(format!("tenant backup settings: {e}")))?;
+    Ok(settings)
+}
+
+/// Whether a router whose last backup job reached its agent (or was queued, or — never
+/// backed up — the router was created) at `since` is due for a scheduled backup at `now`.
+///
+/// Without `at`: once `interval_secs` have passed since then. With `at`: once `now` is in a
+/// later "schedule day" (from one day's `at` to the next's) than `since`, by at least
+/// `interval_secs / 86400` days, and within `window_secs` of that day's `at` — so a backup
+/// taken by hand after the day's `at` counts for the day, and one a minute late does not
+/// push the next a day later.
+#[must_use]
+pub fn schedule_due(schedule: &BackupSchedule, since: UnixMillis, now: UnixMillis) -> bool {
+    if !schedule.enabled {
+        return false;
+    }
+    let interval_ms =
+        i64::try_from(schedule.interval_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let Some(offset) = schedule.at.as_deref().and_then(time_of_day_ms) else {
+        return now.as_millis() >= since.as_millis().saturating_add(interval_ms);
+    };
+    let day = |t: UnixMillis| t.as_millis().saturating_sub(offset).div_euclid(DAY_MS);
+    let days = (interval_ms / DAY_MS).max(1);
+    let into_day = now.as_millis().saturating_sub(offset).rem_euclid(DAY_MS);
+    let in_window = schedule
+        .window_secs
+        .is_none_or(|w| into_day < i64::try_from(w.saturating_mul(1000)).unwrap_or(i64::MAX));
+    day(now).saturating_sub(day(since)) >= days && in_window
+}
 
 /// One stored backup file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -546,38 +715,52 @@ impl Db {
         Ok(record)
     }
 
-    /// Queues a `restore` job that carries binary backup `id` to its router's agent; follow
-    /// it with `GET /jobs/{id}`.
+    /// Queues a `restore` job for binary backup `id` on its router's agent; follow it with
+    /// `GET /jobs/{id}`. The job names the backup by id, size and SHA-256; the agent fetches
+    /// the file in parts over its link (`backup_fetch`), checks it, and uploads it.
     ///
     /// # Errors
-    /// Not found (or not visible); not a binary backup, or too large to travel in one job
-    /// (`Unprocessable`); or the database failed.
+    /// Not found (or not visible); not a binary backup, or larger than
+    /// [`MAX_RESTORE_BYTES`] (`Unprocessable`); or the database failed.
     pub async fn request_restore(&self, staff: &Staff, id: Uuid) -> Result<JobRecord, DbError> {
-        let (backup, data) = self.get_backup(&staff.scope, id).await?;
+        let now = self.now();
+        let mut tx = self.begin().await?;
+        let mut q = Sql::new("SELECT ");
+        q.push(COLUMNS)
+            .push(" FROM backups WHERE id = ")
+            .bind(id.to_string());
+        staff.scope.filter(&mut q, "tenant_id");
+        let row = q
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(DbError::NotFound("backup"))?;
+        let (backup, _) = from_row(&row)?;
         if backup.kind != BackupKind::Binary {
             return Err(DbError::Unprocessable(
                 "only a binary backup can be restored; a text export is for reading and diffs"
                     .into(),
             ));
         }
-        if data.len() > MAX_RESTORE_BYTES {
+        if backup.size > MAX_RESTORE_BYTES {
             return Err(DbError::Unprocessable(format!(
-                "the backup is {} bytes; restores carry at most {MAX_RESTORE_BYTES} bytes for now",
-                data.len()
+                "the backup is {} bytes; restores take at most {MAX_RESTORE_BYTES} bytes",
+                backup.size
             )));
         }
-        let now = self.now();
-        let mut tx = self.begin().await?;
+        let sha = (0..backup.sha256.len() / 2)
+            .map(|i| u8::from_str_radix(backup.sha256.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .ok()
+            .filter(|d| d.len() == 32)
+            .ok_or_else(|| DbError::Corrupt(format!("backup {id} has a malformed sha256")))?;
         let router = super::routers::load(&mut tx, &staff.scope, backup.router_id).await?;
-        let sha = ring::digest::digest(&ring::digest::SHA256, &data)
-            .as_ref()
-            .to_vec();
         let job_key = format!("restore:{id}:{}", Uuid::now_v7());
         let op = JobOp::Restore {
             name: format!("tikfleet-restore-{}", Uuid::now_v7().simple()),
             backup_id: Some(id.to_string()),
-            data,
+            data: Vec::new(),
             sha256: sha,
+            size: Some(backup.size),
         };
         let job = insert_job(
             &mut tx,
@@ -612,31 +795,43 @@ impl Db {
         Ok(record)
     }
 
-    /// Applies each tenant's retention (newest of each of the last N days and M months per
-    /// router and kind) at `now`'s database, deleting other backups and blobs nothing uses.
-    /// Returns how many backups were deleted.
+    /// Applies each tenant's retention (the newest backup of each of its last `keep_daily`
+    /// days and `keep_monthly` months per router and kind, and always the newest) at the
+    /// database's moment, deleting other backups and the blobs nothing uses any more. A tenant
+    /// whose stored settings do not decode keeps everything (logged). Returns how many
+    /// backups were deleted.
     ///
     /// # Errors
     /// The database failed.
     pub async fn apply_backup_retention(&self) -> Result<u64, DbError> {
         let mut tx = self.begin().await?;
+        let mut limits: HashMap<String, Option<(u32, u32)>> = HashMap::new();
+        for row in Sql::new("SELECT id, backup_settings FROM tenants")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let tenant = row.text("id")?;
+            let limit = match parse_settings(row.opt_text("backup_settings")?.as_deref()) {
+                Ok(s) => Some((s.keep_daily.max(1), s.keep_monthly)),
+                Err(e) => {
+                    tracing::warn!(%tenant, error = %e, "backup retention skips a tenant");
+                    None
+                }
+            };
+            limits.insert(tenant, limit);
+        }
         let rows = Sql::new(
-            "SELECT b.id, b.router_id, b.kind, b.taken_at, t.backup_keep_daily, \
-             t.backup_keep_monthly FROM backups b JOIN tenants t ON t.id = b.tenant_id \
-             ORDER BY b.router_id, b.kind, b.taken_at DESC, b.id DESC",
+            "SELECT id, tenant_id, router_id, kind, taken_at FROM backups \
+             ORDER BY router_id, kind, taken_at DESC, id DESC",
         )
         .fetch_all(&mut *tx)
         .await?;
         let mut groups: Vec<Group> = Vec::new();
         for row in &rows {
-            let key = format!("{}/{}", row.text("router_id")?, row.text("kind")?);
-            let limit = |c: &str, d: u32| -> Result<u32, DbError> {
-                Ok(row
-                    .opt_int(c)?
-                    .map_or(d, |v| u32::try_from(v.max(0)).unwrap_or(u32::MAX)))
+            let Some(Some((daily, monthly))) = limits.get(&row.text("tenant_id")?).copied() else {
+                continue;
             };
-            let daily = limit("backup_keep_daily", DEFAULT_KEEP_DAILY)?;
-            let monthly = limit("backup_keep_monthly", DEFAULT_KEEP_MONTHLY)?;
+            let key = format!("{}/{}", row.text("router_id")?, row.text("kind")?);
             let item = (row.text("id")?, UnixMillis::new(row.int("taken_at")?));
             match groups.last_mut() {
                 Some(g) if g.0 == key => g.3.push(item),
@@ -663,6 +858,237 @@ impl Db {
         }
         tx.commit().await?;
         Ok(deleted)
+    }
+
+    /// A tenant's backup settings (the defaults until staff set them).
+    ///
+    /// # Errors
+    /// Not found (or not visible), the stored settings do not decode, or the database
+    /// failed.
+    pub async fn backup_settings(
+        &self,
+        scope: &Scope,
+        tenant: TenantId,
+    ) -> Result<BackupSettings, DbError> {
+        let mut tx = self.begin().await?;
+        self.tenant_visible(&mut tx, scope, tenant).await?;
+        let mut q = Sql::new("SELECT backup_settings FROM tenants WHERE id = ");
+        q.bind(tenant.to_string());
+        let row = q
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(DbError::NotFound("tenant"))?;
+        tx.commit().await?;
+        parse_settings(row.opt_text("backup_settings")?.as_deref())
+    }
+
+    /// Replaces a tenant's backup settings (audited); the next schedule and retention runs
+    /// apply them.
+    ///
+    /// # Errors
+    /// Not found (or not visible), a value out of range (`Invalid`, naming the field), or
+    /// the database failed.
+    pub async fn set_backup_settings(
+        &self,
+        staff: &Staff,
+        tenant: TenantId,
+        settings: &BackupSettings,
+    ) -> Result<BackupSettings, DbError> {
+        settings.validate().map_err(DbError::Invalid)?;
+        let now = self.now();
+        let mut tx = self.begin().await?;
+        self.tenant_visible(&mut tx, &staff.scope, tenant).await?;
+        let json = serde_json::to_string(settings).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let mut q = Sql::new("UPDATE tenants SET backup_settings = ");
+        q.bind(json.clone())
+            .push(" WHERE id = ")
+            .bind(tenant.to_string());
+        q.execute(&mut *tx).await?;
+        let mut params = AuditParams::new();
+        params.insert("settings", json);
+        audit_staff(
+            &mut tx,
+            now,
+            Some(tenant),
+            None,
+            &staff.actor,
+            "tenant.backup_settings",
+            &params,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(settings.clone())
+    }
+
+    /// The schedule: queues a `backup_now` job (bulk priority, audited as the `scheduler`)
+    /// for every live router of a live agent whose tenant's schedule says it is due
+    /// ([`schedule_due`], from its last backup job, scheduled or by hand, finished or not)
+    /// and that has no backup job queued or running. The idempotency key names the router
+    /// and the moment its period started, so a repeat, a restart or a second controller over
+    /// the same database queues nothing twice. Returns how many were queued.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn queue_due_backups(&self) -> Result<usize, DbError> {
+        let now = self.now();
+        let rows = Sql::new(
+            "SELECT r.id, r.tenant_id, r.agent_id, r.created_at, t.backup_settings, \
+             (SELECT MAX(COALESCE(j.delivered_at, j.created_at)) FROM jobs j \
+              WHERE j.router_id = r.id AND j.kind = 'backup_now') AS last_backup, \
+             (SELECT COUNT(*) FROM jobs j WHERE j.router_id = r.id AND j.kind = 'backup_now' \
+              AND j.status IN ('queued', 'running', 'retrying')) AS unfinished \
+             FROM routers r JOIN tenants t ON t.id = r.tenant_id \
+             JOIN agents a ON a.id = r.agent_id \
+             WHERE r.deleted_at IS NULL AND a.revoked_at IS NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut schedules: HashMap<String, Option<BackupSchedule>> = HashMap::new();
+        let mut due = Vec::new();
+        for row in rows {
+            let tenant = row.text("tenant_id")?;
+            let schedule = match schedules.get(&tenant) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = match parse_settings(row.opt_text("backup_settings")?.as_deref()) {
+                        Ok(s) => Some(s.schedule),
+                        Err(e) => {
+                            tracing::warn!(%tenant, error = %e, "backup schedule skips a tenant");
+                            None
+                        }
+                    };
+                    schedules.insert(tenant, s.clone());
+                    s
+                }
+            };
+            let Some(schedule) = schedule else { continue };
+            if row.int("unfinished")? > 0 {
+                continue;
+            }
+            let since = UnixMillis::new(match row.opt_int("last_backup")? {
+                Some(t) => t,
+                None => row.int("created_at")?,
+            });
+            if schedule_due(&schedule, since, now) {
+                due.push((
+                    row.parse::<RouterId>("id")?,
+                    row.parse::<TenantId>("tenant_id")?,
+                    row.parse::<tikfleet_shared::AgentId>("agent_id")?,
+                    since,
+                ));
+            }
+        }
+        let mut queued = 0;
+        for (router, tenant, agent, since) in due {
+            match self
+                .queue_scheduled_backup(router, tenant, since, now)
+                .await
+            {
+                Ok(true) => {
+                    self.notify([agent]);
+                    queued += 1;
+                }
+                Ok(false) => {}
+                // Another controller queued it first.
+                Err(DbError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(queued)
+    }
+
+    /// One scheduled backup job, unless it (by its key) or another unfinished backup job of
+    /// the router exists by now. Returns whether it was queued.
+    async fn queue_scheduled_backup(
+        &self,
+        router: RouterId,
+        tenant: TenantId,
+        since: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<bool, DbError> {
+        let key = format!("backup_now:schedule:{router}:{}", since.as_millis());
+        let mut tx = self.begin().await?;
+        let mut q = Sql::new("SELECT id FROM jobs WHERE (tenant_id = ");
+        q.bind(tenant.to_string())
+            .push(" AND idempotency_key = ")
+            .bind(key.clone())
+            .push(") OR (router_id = ")
+            .bind(router.to_string())
+            .push(
+                " AND kind = 'backup_now' AND status IN ('queued', 'running', 'retrying')) \
+                 LIMIT 1",
+            );
+        if q.fetch_optional(&mut *tx).await?.is_some() {
+            return Ok(false);
+        }
+        let job = insert_job(
+            &mut tx,
+            self.key(),
+            NewJob {
+                tenant,
+                router,
+                idempotency_key: key,
+                priority: Priority::Bulk,
+                op: &JobOp::BackupNow { name: None },
+                now,
+                generation: None,
+            },
+        )
+        .await?;
+        let mut params = AuditParams::new();
+        params.insert("job_id", job.to_string());
+        params.insert("reason", "schedule".to_owned());
+        audit_staff(
+            &mut tx,
+            now,
+            Some(tenant),
+            Some(router),
+            SCHEDULER,
+            "router.backup",
+            &params,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+/// The actor of scheduled backups in the audit log (as for scheduled credential rotations).
+const SCHEDULER: &str = "scheduler";
+
+/// How often the schedule is evaluated.
+pub const SCHEDULE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The backup schedule: [`Db::queue_due_backups`] at once and then every `interval` (see
+/// [`SCHEDULE_INTERVAL`]) on the controller's clock, until shut down.
+#[derive(Debug)]
+pub struct ScheduleTask(crate::periodic::Periodic);
+
+impl ScheduleTask {
+    /// Starts the task.
+    #[must_use]
+    pub fn start(db: Db, clock: crate::clock::SharedClock, interval: std::time::Duration) -> Self {
+        Self(crate::periodic::Periodic::start(
+            clock,
+            interval,
+            move || {
+                let db = db.clone();
+                async move {
+                    match db.queue_due_backups().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(queued = n, "scheduled backups queued"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "scheduling backups failed; retrying at the next interval")
+                        }
+                    }
+                }
+            },
+        ))
+    }
+
+    /// Stops the task and waits for it.
+    pub async fn shutdown(self) {
+        self.0.shutdown().await;
     }
 }
 
@@ -775,6 +1201,88 @@ mod tests {
         );
         assert!(d.contains("+add name=b"), "{d}");
         assert!(!d.contains("one") && !d.contains("two"), "{d}");
+    }
+
+    #[test]
+    fn schedule_due_by_interval_and_time_of_day() {
+        const H: i64 = 3_600_000;
+        // 2026-01-01T00:00:00Z.
+        let t = |ms: i64| UnixMillis::new(1_767_225_600_000 + ms);
+        let mut s = BackupSchedule::default();
+        assert!(!schedule_due(&s, t(0), t(24 * H - 1)));
+        assert!(schedule_due(&s, t(0), t(24 * H)));
+        s.interval_secs = 3600;
+        assert!(schedule_due(&s, t(0), t(H)));
+        s.enabled = false;
+        assert!(!schedule_due(&s, t(0), t(100 * H)));
+
+        // Every second day at 03:00, started within 30 minutes.
+        let s = BackupSchedule {
+            enabled: true,
+            interval_secs: 2 * 86_400,
+            at: Some("03:00".into()),
+            window_secs: Some(1800),
+        };
+        // Last at 03:05 on day 0 (schedule day 0): due from 03:00 on day 2.
+        let last = t(3 * H + 5 * 60_000);
+        assert!(!schedule_due(&s, last, t(24 * H + 3 * H)));
+        assert!(!schedule_due(&s, last, t(48 * H + 3 * H - 1)));
+        assert!(schedule_due(&s, last, t(48 * H + 3 * H)));
+        assert!(schedule_due(&s, last, t(48 * H + 3 * H + 1_799_999)));
+        assert!(!schedule_due(&s, last, t(48 * H + 3 * H + 1_800_000)));
+        assert!(schedule_due(&s, last, t(72 * H + 3 * H)));
+        // Last at 02:59 on day 0 belongs to the day before: day 1's 03:00 is due.
+        assert!(schedule_due(&s, t(3 * H - 60_000), t(24 * H + 3 * H)));
+        // Without a window: any time until the next day's 03:00.
+        let s = BackupSchedule {
+            window_secs: None,
+            ..s
+        };
+        assert!(schedule_due(&s, last, t(72 * H + 2 * H)));
+    }
+
+    #[test]
+    fn settings_validation_names_the_field() {
+        let ok = BackupSettings::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let with = |f: &dyn Fn(&mut BackupSettings)| {
+            let mut s = BackupSettings::default();
+            f(&mut s);
+            s.validate().unwrap_err()
+        };
+        assert!(with(&|s| s.keep_daily = 0).starts_with("keep_daily"));
+        assert!(with(&|s| s.keep_monthly = 1201).starts_with("keep_monthly"));
+        assert!(
+            with(&|s| s.schedule.interval_secs = 59 * 60).starts_with("schedule.interval_secs")
+        );
+        for at in ["3:00", "03:60", "24:00", "03-00", "03:00:00", "+3:00", ""] {
+            assert!(
+                with(&|s| s.schedule.at = Some(at.into())).starts_with("schedule.at"),
+                "{at}"
+            );
+        }
+        assert!(
+            with(&|s| {
+                s.schedule.at = Some("23:59".into());
+                s.schedule.interval_secs = 36 * 3600;
+            })
+            .starts_with("schedule.interval_secs")
+        );
+        assert!(with(&|s| s.schedule.window_secs = Some(600)).contains("needs schedule.at"));
+        let mut s = BackupSettings::default();
+        s.schedule.at = Some("00:00".into());
+        s.schedule.window_secs = Some(86_400);
+        s.keep_monthly = 0;
+        assert_eq!(s.validate(), Ok(()));
+        // A stored object with fields left out reads with their defaults.
+        assert_eq!(
+            parse_settings(Some(r#"{"keep_daily":7}"#)).unwrap(),
+            BackupSettings {
+                keep_daily: 7,
+                ..BackupSettings::default()
+            }
+        );
+        assert!(parse_settings(Some(r#"{"keep_daily":0}"#)).is_err());
     }
 
     #[test]

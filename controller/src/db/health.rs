@@ -4,7 +4,9 @@
 //! The hub's record transaction ([`hub`](super::hub)) collects the telemetry of one commit
 //! into a [`Batch`] and stores it set-based at the end: one multi-row insert of samples per
 //! 500 and one `UPDATE … FROM (VALUES …)` of router status per 500 routers, however many
-//! samples the batch holds (a version report, daily per router, is one update each).
+//! samples the batch holds (a version report, daily per router, is one update each). The
+//! agent's own host sample is not a router's: the batch's newest is kept on the agent's row
+//! ([`agents`](super::agents)).
 //! [`Db::health_maintenance`] (run by [`HealthTask`] on the controller's clock) rolls each
 //! complete 5-minute bucket up once, behind a watermark, then deletes raw samples older than
 //! the raw retention (48 h, whole buckets) and rollups older than theirs (90 days). A sample
@@ -16,8 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use tikfleet_shared::record::{Telemetry, TelemetrySample, VersionSample};
-use tikfleet_shared::{RouterId, TenantId, UnixMillis};
+use tikfleet_shared::record::{HostSample, Telemetry, TelemetrySample, VersionSample};
+use tikfleet_shared::{AgentId, RouterId, TenantId, UnixMillis};
 
 use super::routers::{ROUTER_COLUMNS, Router, router};
 use super::sql::Sql;
@@ -84,9 +86,21 @@ pub(crate) struct Batch {
     samples: Vec<SampleRow>,
     status: BTreeMap<RouterId, Status>,
     versions: BTreeMap<RouterId, (i64, VersionSample)>,
+    /// The agent whose records these are (host samples naming another agent are ignored).
+    agent: Option<AgentId>,
+    /// The batch's newest host sample of that agent.
+    host: Option<(i64, HostSample)>,
 }
 
 impl Batch {
+    /// An empty batch of `agent`'s records.
+    pub(crate) fn for_agent(agent: AgentId) -> Self {
+        Self {
+            agent: Some(agent),
+            ..Self::default()
+        }
+    }
+
     /// Takes one telemetry record; samples of routers not in `own` (another agent's, or
     /// unknown) are ignored.
     pub(crate) fn push(&mut self, t: &Telemetry, own: &BTreeSet<RouterId>) {
@@ -145,7 +159,14 @@ impl Batch {
                 }
                 return;
             }
-            TelemetrySample::Host(_) => return,
+            TelemetrySample::Host(h) => {
+                // Only the newest of the batch is stored (db/agents.rs `store_host_sample`).
+                let newer = self.host.as_ref().is_none_or(|(seen, _)| *seen <= at);
+                if self.agent == Some(h.agent_id) && newer {
+                    self.host = Some((at, h.clone()));
+                }
+                return;
+            }
         };
         if !own.contains(&router) {
             return;
@@ -163,6 +184,9 @@ impl Batch {
         tenant: TenantId,
         backend: super::Backend,
     ) -> Result<(), DbError> {
+        if let (Some(agent), Some((at, host))) = (self.agent, &self.host) {
+            super::agents::store_host_sample(tx, tenant, agent, *at, host).await?;
+        }
         let tenant = tenant.to_string();
         if !self.samples.is_empty() {
             note_late(tx, &self.samples, backend).await?;

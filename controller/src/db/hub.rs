@@ -390,7 +390,7 @@ impl Db {
                 live.insert(id);
             }
         }
-        let mut health = super::health::Batch::default();
+        let mut health = super::health::Batch::for_agent(agent);
         for (seq, record) in records {
             if *seq <= next {
                 continue;
@@ -575,6 +575,22 @@ impl Db {
 }
 
 impl HubStore for Db {
+    async fn backup_part(
+        &self,
+        agent: AgentId,
+        backup_id: &str,
+        offset: u64,
+        max: usize,
+    ) -> anyhow::Result<Option<crate::hub::BackupSlice>> {
+        let range = self
+            .backup_range_for_agent(agent, backup_id, offset, max)
+            .await?;
+        Ok(range.map(|r| crate::hub::BackupSlice {
+            total: r.total,
+            data: r.data,
+        }))
+    }
+
     async fn agent_identity(&self, agent: AgentId) -> anyhow::Result<Option<AgentIdentity>> {
         let mut q = Sql::new("SELECT tenant_id, name, revoked_at FROM agents WHERE id = ");
         q.bind(agent.to_string());

@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod notify;
 pub mod page;
 pub mod plans;
+pub mod restore;
 pub mod routers;
 pub(crate) mod sql;
 pub mod subscribers;
@@ -320,6 +321,20 @@ fn migrator() -> Migrator {
                 Cow::Borrowed("alerts"),
                 MigrationType::Simple,
                 Cow::Borrowed(include_str!("../../migrations/0009_alerts.sql")),
+                false,
+            ),
+            Migration::new(
+                10,
+                Cow::Borrowed("backup settings"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0010_backup_settings.sql")),
+                false,
+            ),
+            Migration::new(
+                11,
+                Cow::Borrowed("agent host"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0011_agent_host.sql")),
                 false,
             ),
             Migration::new(

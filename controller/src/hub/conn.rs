@@ -26,6 +26,11 @@
 //!   [`HubStore::commit_records`], and only then acked; while a batch is full nothing more is
 //!   read (backpressure down to TCP). A seq at or below the committed one is a duplicate
 //!   (acked, no effect); a skipped seq closes the connection (`protocol_error`).
+//! - **Backup parts.** A `backup_fetch` (a restore job's agent asking for its file) is
+//!   answered with one `backup_part` of at most `HubConfig::backup_part_size` bytes read from
+//!   the store, only for a binary backup of one of this agent's routers (`not_found`
+//!   otherwise). Answers are not durable; at most a few wait to be sent (the agent asks for
+//!   one part at a time), older ones are dropped and asked for again.
 //! - **Heartbeats.** Each side pings when it has sent nothing for the heartbeat interval; a
 //!   peer silent for `missed_heartbeats` intervals is closed. Time comes from the hub's clock.
 //! - **Endings.** Revocation sends `revoked` at once; a newer connection of the agent sends
@@ -41,12 +46,13 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tikfleet_shared::codec::{self, MAX_FRAME_SIZE};
 use tikfleet_shared::protocol::{
-    Challenge, Close, CloseCode, Envelope, Hello, MIN_SUPPORTED_VERSION, Message, NONCE_LEN, Ping,
-    Pong, ProtocolError, Revoked, Welcome, negotiate,
+    BackupFetch, BackupPart, Challenge, Close, CloseCode, Envelope, Hello, MAX_BACKUP_PART,
+    MIN_SUPPORTED_VERSION, Message, NONCE_LEN, Ping, Pong, ProtocolError, Revoked, Welcome,
+    negotiate,
 };
 use tikfleet_shared::record::OutboxRecord;
 use tikfleet_shared::session::DurableStream;
-use tikfleet_shared::{AgentId, JobId, RouterId, TenantId, UnixMillis};
+use tikfleet_shared::{AgentId, ErrorCode, ErrorInfo, JobId, RouterId, TenantId, UnixMillis};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
@@ -685,10 +691,81 @@ impl<H: HubStore> Conn<H> {
                 s.pong(nonce);
                 Ok(())
             }
+            Message::BackupFetch(fetch) => {
+                let part = self.backup_part(s.agent, fetch).await;
+                s.push_reply(Message::BackupPart(part));
+                Ok(())
+            }
             other => Err(End::Close(
                 CloseCode::ProtocolError,
                 format!("an agent may not send {}", other.name()),
             )),
+        }
+    }
+
+    /// The answer to a `backup_fetch`: a part of the backup, or why not.
+    async fn backup_part(&self, agent: AgentId, fetch: BackupFetch) -> BackupPart {
+        let max = self
+            .shared
+            .config
+            .backup_part_size
+            .clamp(1, MAX_BACKUP_PART);
+        let BackupFetch {
+            job_id,
+            backup_id,
+            offset,
+        } = fetch;
+        let read = self
+            .shared
+            .store
+            .backup_part(agent, &backup_id, offset, max)
+            .await;
+        let (total, data, error) = match read {
+            Ok(Some(slice)) if offset > slice.total => (
+                0,
+                Vec::new(),
+                Some(ErrorInfo::with_message(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "offset {offset} is past the end of the backup ({} bytes)",
+                        slice.total
+                    ),
+                )),
+            ),
+            Ok(Some(mut slice)) => {
+                slice.data.truncate(max);
+                (slice.total, slice.data, None)
+            }
+            Ok(None) => {
+                tracing::warn!(%agent, job = %job_id, %backup_id, "refused a backup fetch: not a binary backup of this agent's routers");
+                (
+                    0,
+                    Vec::new(),
+                    Some(ErrorInfo::with_message(
+                        ErrorCode::NotFound,
+                        format!("no binary backup {backup_id} of this agent's routers"),
+                    )),
+                )
+            }
+            Err(e) => {
+                tracing::error!(%agent, job = %job_id, %backup_id, error = %e, "cannot read a backup part");
+                (
+                    0,
+                    Vec::new(),
+                    Some(ErrorInfo::with_message(
+                        ErrorCode::Unavailable,
+                        "the controller cannot read the backup right now",
+                    )),
+                )
+            }
+        };
+        BackupPart {
+            job_id,
+            backup_id,
+            offset,
+            total,
+            data,
+            error,
         }
     }
 
@@ -776,6 +853,8 @@ struct Session {
     pending: Vec<(u64, OutboxRecord)>,
     /// Non-durable messages to send (pongs, pings), oldest first; small and bounded.
     control: std::collections::VecDeque<Message>,
+    /// Answers to the agent's requests (`backup_part`), oldest first; small and bounded.
+    replies: std::collections::VecDeque<Message>,
     /// The ack last sent.
     ack_sent: u64,
     /// Send an ack even if it did not move (a duplicate arrived).
@@ -785,6 +864,10 @@ struct Session {
 
 /// Control messages kept at most; older pongs are dropped (the newest answers the peer).
 const MAX_CONTROL: usize = 8;
+
+/// Answers waiting to be sent at most; the agent asks for one backup part at a time, so more
+/// means it stopped reading, and the oldest is dropped (it asks again).
+const MAX_REPLIES: usize = 4;
 
 impl Session {
     fn new(accepted: &Accepted) -> Self {
@@ -799,6 +882,7 @@ impl Session {
             dirty: true,
             pending: Vec::new(),
             control: std::collections::VecDeque::new(),
+            replies: std::collections::VecDeque::new(),
             ack_sent: accepted.committed,
             force_ack: false,
             ping_nonce: 0,
@@ -811,6 +895,7 @@ impl Session {
 
     fn wants_send(&self, window: usize) -> bool {
         !self.control.is_empty()
+            || !self.replies.is_empty()
             || (!self.outgoing.is_empty() && self.unacked() < window)
             || self.force_ack
             || self.stream.ack() > self.ack_sent
@@ -821,6 +906,14 @@ impl Session {
             self.control.pop_front();
         }
         self.control.push_back(msg);
+    }
+
+    fn push_reply(&mut self, msg: Message) {
+        if self.replies.len() >= MAX_REPLIES {
+            tracing::warn!(agent = %self.agent, "the agent does not read its answers; dropping the oldest");
+            self.replies.pop_front();
+        }
+        self.replies.push_back(msg);
     }
 
     fn ping(&mut self) {
@@ -876,7 +969,11 @@ impl Session {
     /// skipped and logged).
     fn next_envelope(&mut self, window: usize) -> Result<Option<Vec<u8>>, End> {
         let ack = self.stream.ack();
-        let envelope = if let Some(msg) = self.control.pop_front() {
+        let envelope = if let Some(msg) = self
+            .control
+            .pop_front()
+            .or_else(|| self.replies.pop_front())
+        {
             Envelope {
                 version: self.version,
                 seq: None,

@@ -43,8 +43,8 @@ pub use connections::Connections;
 pub use outgoing::router_config;
 pub use signals::{AgentSignals, Signal};
 pub use store::{
-    AgentIdentity, AgentKey, Delivered, HubStore, PushRead, PushRequest, RouterForAgent,
-    RouterTlsSetting,
+    AgentIdentity, AgentKey, BackupSlice, Delivered, HubStore, PushRead, PushRequest,
+    RouterForAgent, RouterTlsSetting,
 };
 use tikfleet_shared::protocol::AgentSettings;
 pub use tls::{HubTls, SelfSigned, TlsSetupError};
@@ -76,6 +76,9 @@ pub struct HubConfig {
     pub read_batch: usize,
     /// How long shutdown waits for sessions to close.
     pub shutdown_grace: Duration,
+    /// Most bytes of a backup sent in one `backup_part` (at most
+    /// [`MAX_BACKUP_PART`](tikfleet_shared::protocol::MAX_BACKUP_PART)).
+    pub backup_part_size: usize,
 }
 
 impl Default for HubConfig {
@@ -90,6 +93,8 @@ impl Default for HubConfig {
             send_queue: 32,
             read_batch: 500,
             shutdown_grace: Duration::from_secs(5),
+            // A multiple of 3 below 256 KiB: a part is then whole base64 groups of the blob.
+            backup_part_size: 255 * 1024,
         }
     }
 }

@@ -121,6 +121,15 @@ pub struct Delivered {
     pub cancels: Vec<tikfleet_shared::JobId>,
 }
 
+/// A part of a stored backup, as [`HubStore::backup_part`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupSlice {
+    /// The file's size in bytes.
+    pub total: u64,
+    /// The bytes from the requested offset (empty at or past the end).
+    pub data: Vec<u8>,
+}
+
 /// Storage operations of the hub. Implemented by the SQL store; cheap to clone.
 pub trait HubStore: Clone + Send + Sync + 'static {
     /// The agent's identity, or `None` if no such agent was ever enrolled.
@@ -214,6 +223,20 @@ pub trait HubStore: Clone + Send + Sync + 'static {
         agent: AgentId,
         records: &[(u64, OutboxRecord)],
     ) -> impl Future<Output = anyhow::Result<u64>> + Send;
+
+    /// Up to `max` bytes from `offset` of binary backup `backup_id`, if it is a backup of one
+    /// of `agent`'s routers (`None` otherwise: no such backup, another agent's or tenant's,
+    /// or not a binary backup). A store that keeps no backups answers `None`.
+    fn backup_part(
+        &self,
+        agent: AgentId,
+        backup_id: &str,
+        offset: u64,
+        max: usize,
+    ) -> impl Future<Output = anyhow::Result<Option<BackupSlice>>> + Send {
+        let _ = (agent, backup_id, offset, max);
+        async { Ok(None) }
+    }
 
     /// What to push to several agents at once: for each request, in order, exactly what
     /// [`routers_for_agent`](Self::routers_for_agent), [`desired_states`](Self::desired_states),

@@ -52,6 +52,8 @@ pub struct State {
     /// Jobs staff cancelled, and whether the agent acknowledged the cancel.
     pub cancels: Vec<(AgentId, JobId, bool)>,
     pub fail_commits: bool,
+    /// Binary backups each agent may fetch, by backup id.
+    pub backups: HashMap<(AgentId, String), Vec<u8>>,
 }
 
 impl State {
@@ -168,6 +170,30 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 impl HubStore for MemHub {
+    fn backup_part(
+        &self,
+        agent: AgentId,
+        backup_id: &str,
+        offset: u64,
+        max: usize,
+    ) -> impl Future<Output = anyhow::Result<Option<tikfleet_controller::hub::BackupSlice>>> + Send
+    {
+        let found = lock(&self.state)
+            .backups
+            .get(&(agent, backup_id.to_owned()))
+            .map(|data| {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                let end = start.saturating_add(max).min(data.len());
+                tikfleet_controller::hub::BackupSlice {
+                    total: data.len() as u64,
+                    data: data[start..end].to_vec(),
+                }
+            });
+        async move { Ok(found) }
+    }
+
     fn agent_identity(
         &self,
         agent: AgentId,

@@ -164,6 +164,7 @@ fn all_job_ops() -> Vec<JobOp> {
             backup_id: None,
             data: Vec::new(),
             sha256: Vec::new(),
+            size: None,
         },
         JobOp::RotateCredentials {},
         JobOp::DriftCheck {},
@@ -249,6 +250,8 @@ fn all_records() -> Vec<(String, OutboxRecord)> {
                 outbox_records: 1_500,
                 outbox_bytes: 2_000_000,
                 queued_jobs: 7,
+                outbox_max_bytes: None,
+                telemetry_dropped: None,
             })),
         ),
         (
@@ -368,6 +371,23 @@ fn all_records() -> Vec<(String, OutboxRecord)> {
                 data: b"/system identity\nset name=r1\n".to_vec(),
                 last: true,
             }),
+        ),
+        (
+            "record/telemetry/host_with_cap".into(),
+            telemetry(TelemetrySample::Host(HostSample {
+                agent_id: agent(),
+                cpu_load_percent: 4,
+                free_memory_bytes: 1 << 30,
+                total_memory_bytes: 1 << 32,
+                uptime_secs: 90_000,
+                free_disk_bytes: 49 << 30,
+                total_disk_bytes: 64 << 30,
+                outbox_records: 410_000,
+                outbox_bytes: 450 << 20,
+                queued_jobs: 2,
+                outbox_max_bytes: Some(512 << 20),
+                telemetry_dropped: Some(1_234),
+            })),
         ),
     ]
 }
@@ -628,7 +648,65 @@ pub fn all() -> Vec<(String, Envelope)> {
                 backup_id: Some("019b7a2c-0000-7000-8000-0000000000b1".into()),
                 data: b"TIKFLEET-SIM-BACKUP 1 sealed\n...".to_vec(),
                 sha256: vec![0x5a; 32],
+                size: None,
             })),
+        ),
+    ));
+    // Chunked restores (appended after the frames above so their seqs stay as blessed).
+    out.push((
+        "job/restore_chunked".into(),
+        durable(
+            202,
+            7,
+            Message::Job(job(JobOp::Restore {
+                name: "tikfleet-restore.backup".into(),
+                backup_id: Some("019b7a2c-0000-7000-8000-0000000000b1".into()),
+                data: Vec::new(),
+                sha256: vec![0x5a; 32],
+                size: Some(5_000_000),
+            })),
+        ),
+    ));
+    out.push((
+        "message/backup_fetch".into(),
+        control(
+            44,
+            Message::BackupFetch(BackupFetch {
+                job_id: job_id(),
+                backup_id: "019b7a2c-0000-7000-8000-0000000000b1".into(),
+                offset: 262_144,
+            }),
+        ),
+    ));
+    out.push((
+        "message/backup_part".into(),
+        control(
+            202,
+            Message::BackupPart(BackupPart {
+                job_id: job_id(),
+                backup_id: "019b7a2c-0000-7000-8000-0000000000b1".into(),
+                offset: 262_144,
+                total: 5_000_000,
+                data: b"TIKFLEET-SIM-BACKUP 1 sealed\n".to_vec(),
+                error: None,
+            }),
+        ),
+    ));
+    out.push((
+        "message/backup_part/error".into(),
+        control(
+            202,
+            Message::BackupPart(BackupPart {
+                job_id: job_id(),
+                backup_id: "019b7a2c-0000-7000-8000-0000000000b1".into(),
+                offset: 0,
+                total: 0,
+                data: Vec::new(),
+                error: Some(ErrorInfo::with_message(
+                    ErrorCode::NotFound,
+                    "no such backup of this agent's routers",
+                )),
+            }),
         ),
     ));
     out

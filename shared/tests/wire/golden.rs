@@ -199,3 +199,35 @@ fn secrets_are_on_the_wire_only_where_the_agent_needs_them() {
     assert!(audit.contains("<redacted>") && !audit.contains("correct horse"));
     assert!(frames["job/upsert_ppp_secret"].contains("correct horse"));
 }
+
+#[test]
+fn host_sample_fields_added_later_decode_as_none_from_older_agents() {
+    use tikfleet_shared::record::{Telemetry, TelemetrySample};
+
+    fn host(envelope: &tikfleet_shared::Envelope) -> &tikfleet_shared::record::HostSample {
+        match &envelope.msg {
+            Message::Record(OutboxRecord::Telemetry(Telemetry {
+                sample: TelemetrySample::Host(h),
+                ..
+            })) => h,
+            other => panic!("not a host sample: {other:?}"),
+        }
+    }
+    // `record/telemetry/host` was committed before `outbox_max_bytes` and
+    // `telemetry_dropped` existed: its bytes are an older agent's frame.
+    let golden = parse(&std::fs::read_to_string(path()).unwrap());
+    let old = &golden["record/telemetry/host"];
+    assert!(!String::from_utf8_lossy(old).contains("outbox_max_bytes"));
+    let decoded = decode(old).unwrap();
+    let h = host(&decoded);
+    assert_eq!(h.outbox_bytes, 2_000_000);
+    assert_eq!((h.outbox_max_bytes, h.telemetry_dropped), (None, None));
+    // A new agent's frame carries both; `None` is left out of the frame, not sent as nil.
+    let new = &golden["record/telemetry/host_with_cap"];
+    let text = String::from_utf8_lossy(new);
+    assert!(text.contains("outbox_max_bytes") && text.contains("telemetry_dropped"));
+    let decoded = decode(new).unwrap();
+    let h = host(&decoded);
+    assert_eq!(h.outbox_max_bytes, Some(512 << 20));
+    assert_eq!(h.telemetry_dropped, Some(1_234));
+}

@@ -331,13 +331,15 @@ pub fn job_op() -> impl Strategy<Value = JobOp> {
             text(),
             opt_text(),
             vec(any::<u8>(), 0..40),
-            vec(any::<u8>(), 0..32)
+            vec(any::<u8>(), 0..32),
+            proptest::option::of(any::<u64>())
         )
-            .prop_map(|(name, backup_id, data, sha256)| JobOp::Restore {
+            .prop_map(|(name, backup_id, data, sha256, size)| JobOp::Restore {
                 name,
                 backup_id,
                 data,
                 sha256,
+                size,
             }),
         Just(JobOp::RotateCredentials {}),
         Just(JobOp::DriftCheck {}),
@@ -519,18 +521,27 @@ fn router_sample() -> impl Strategy<Value = RouterSample> {
 }
 
 fn host_sample() -> impl Strategy<Value = HostSample> {
-    (agent_id(), any::<u8>(), any::<[u64; 9]>()).prop_map(|(agent_id, cpu, m)| HostSample {
-        agent_id,
-        cpu_load_percent: cpu,
-        free_memory_bytes: m[0],
-        total_memory_bytes: m[1],
-        uptime_secs: m[2],
-        free_disk_bytes: m[3],
-        total_disk_bytes: m[4],
-        outbox_records: m[5],
-        outbox_bytes: m[6],
-        queued_jobs: m[7] ^ m[8],
-    })
+    (
+        agent_id(),
+        any::<u8>(),
+        any::<[u64; 9]>(),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(agent_id, cpu, m, max, dropped)| HostSample {
+            agent_id,
+            cpu_load_percent: cpu,
+            free_memory_bytes: m[0],
+            total_memory_bytes: m[1],
+            uptime_secs: m[2],
+            free_disk_bytes: m[3],
+            total_disk_bytes: m[4],
+            outbox_records: m[5],
+            outbox_bytes: m[6],
+            queued_jobs: m[7] ^ m[8],
+            outbox_max_bytes: max,
+            telemetry_dropped: dropped,
+        })
 }
 
 fn version_sample() -> impl Strategy<Value = VersionSample> {
@@ -892,6 +903,31 @@ pub fn message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|nonce| Message::Pong(Pong { nonce })),
         (close_code(), text()).prop_map(|(code, reason)| Message::Close(Close { code, reason })),
         text().prop_map(|reason| Message::Revoked(Revoked { reason })),
+        (job_id(), text(), any::<u64>()).prop_map(|(job_id, backup_id, offset)| {
+            Message::BackupFetch(BackupFetch {
+                job_id,
+                backup_id,
+                offset,
+            })
+        }),
+        (
+            job_id(),
+            text(),
+            any::<u64>(),
+            any::<u64>(),
+            vec(any::<u8>(), 0..64),
+            proptest::option::of(error_info())
+        )
+            .prop_map(|(job_id, backup_id, offset, total, data, error)| {
+                Message::BackupPart(BackupPart {
+                    job_id,
+                    backup_id,
+                    offset,
+                    total,
+                    data,
+                    error,
+                })
+            }),
     ]
 }
 

@@ -50,6 +50,16 @@ where
     }
 }
 
+/// The value of the sample `name` in an OpenMetrics text: the metric's name with its labels
+/// as printed (`tikfleet_agent_outbox_last_seq`, `tikfleet_jobs{status="failed"}`).
+#[must_use]
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
 /// A fresh PostgreSQL database's URL when [`PG_ENV`] names a server; `None` (SQLite in the
 /// controller's data folder) otherwise.
 pub async fn test_database_url() -> Option<String> {
@@ -440,6 +450,17 @@ impl RunningAgent {
         Some(url)
     }
 
+    /// The agent's metrics text, read now.
+    pub async fn metrics(&self) -> String {
+        let url = self.metrics_url().expect("the agent serves metrics");
+        reqwest::get(&url)
+            .await
+            .expect("the metrics endpoint answers")
+            .text()
+            .await
+            .expect("a body")
+    }
+
     /// Stops it (as SIGTERM does) and returns what it printed, or its error.
     pub async fn stop(mut self) -> Result<String, String> {
         if let Some(stop) = self.stop.take() {
@@ -471,6 +492,11 @@ pub struct AgentSettings {
     pub router_concurrency: usize,
     /// `[retry] max_attempts`.
     pub max_attempts: u32,
+    /// `[probes] interval_secs`: health probes every that many seconds of the agent's clock;
+    /// `None` (the default) turns probes off.
+    pub probe_interval_secs: Option<u64>,
+    /// `[outbox] max_telemetry`: `None` keeps the agent's default cap.
+    pub max_telemetry: Option<u64>,
 }
 
 impl Default for AgentSettings {
@@ -479,6 +505,8 @@ impl Default for AgentSettings {
             reconnect_max_ms: 2_000,
             router_concurrency: 4,
             max_attempts: 3,
+            probe_interval_secs: None,
+            max_telemetry: None,
         }
     }
 }
@@ -486,18 +514,27 @@ impl Default for AgentSettings {
 impl Agent {
     /// A fresh data folder with a configuration: reconnects capped at
     /// `settings.reconnect_max_ms`, router rate limits high enough for thousands of jobs,
-    /// health probes off (their reads are not audited, and tests compare the commands a
-    /// router saw with the audit log; `tests/health.rs` turns them on).
+    /// health probes off unless `settings.probe_interval_secs` says (their reads are not
+    /// audited, and tests compare the commands a router saw with the audit log), the
+    /// outbox's telemetry cap from `settings.max_telemetry` if given.
     #[must_use]
     pub fn new(settings: &AgentSettings) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         let config = dir.path().join("agent.toml");
+        let probes = match settings.probe_interval_secs {
+            Some(secs) => format!("interval_secs = {secs}\n"),
+            None => "enabled = false\n".to_owned(),
+        };
+        let outbox = settings
+            .max_telemetry
+            .map(|n| format!("[outbox]\nmax_telemetry = {n}\n\n"))
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
                 "data_dir = {:?}\n\n[limits]\nrouter_commands_per_second = 5000\nrouter_burst = 5000\n\
                  tenant_commands_per_second = 5000\ntenant_burst = 5000\nrouter_concurrency = {}\n\n\
-                 [retry]\nmax_attempts = {}\n\n[probes]\nenabled = false\n\n\
+                 [retry]\nmax_attempts = {}\n\n[probes]\n{probes}\n{outbox}\
                  [uplink]\nreconnect_min_ms = 200\nreconnect_max_ms = {}\n\n\
                  [metrics]\nlisten = \"127.0.0.1:0\"\n",
                 dir.path().join("data").display().to_string(),
@@ -609,6 +646,10 @@ impl Agent {
                     },
                     clock,
                 ));
+                // The runtime's leftover tasks may still hold the agent's store: shut it down
+                // before saying the agent stopped, so a restart on the same data folder
+                // finds it free (as after a process exit).
+                runtime.shutdown_timeout(Duration::from_secs(10));
                 let _ = done_tx.send(result.map_err(|e| e.to_string()));
             })
             .expect("the agent's thread");

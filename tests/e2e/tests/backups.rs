@@ -4,7 +4,12 @@
 //! redacted, the binary encrypted by the router and removed from its `/file`); an
 //! administrator changes the router by hand; a second backup's diff against the first shows
 //! the change and no secret; a third, unchanged export is recorded as such; restoring the
-//! first binary reboots the router, which comes back with the change undone.
+//! first binary reboots the router, which comes back with the change undone and no uploaded
+//! file left in its `/file`.
+//!
+//! A backup larger than one protocol frame (a router with 30,000 secrets) is restored the
+//! same way: the job names it, the agent fetches it from the controller in parts over its
+//! link, checks it, and the router comes back with it loaded and nothing left in `/file`.
 
 use std::time::Duration;
 
@@ -62,6 +67,15 @@ async fn files(api: &Api, router: &str, job: &str) -> (Value, Value) {
         Some((of("export")?, of("binary")?))
     })
     .await
+}
+
+/// The `.backup` files in the simulated router's `/file`.
+fn backup_files(sim: &Sim) -> Vec<(String, u64)> {
+    tikfleet_sim::router::lock(&sim.running.router(0).device)
+        .files()
+        .into_iter()
+        .filter(|(f, _)| f.ends_with(".backup"))
+        .collect()
 }
 
 async fn download(api: &Api, id: &str) -> (StatusCode, Vec<u8>) {
@@ -185,12 +199,79 @@ async fn backup_list_download_change_diff() {
             .identity
             .clone();
         assert_ne!(identity, "renamed-by-hand", "the restore undid the change");
+        assert!(detail.contains("the uploaded file was removed"), "{job}");
+        let leftover = backup_files(&sim);
+        assert!(leftover.is_empty(), "left on the router: {leftover:?}");
         let job4 = backup(&ops, &router).await;
         let (export4, _) = files(&ops, &router, &job4).await;
         let (_, text4) = download(&ops, export4["id"].as_str().unwrap()).await;
         let text4 = String::from_utf8(text4).unwrap();
         assert!(!text4.contains("renamed-by-hand"), "{text4}");
         assert!(text4.contains("name=handmade"), "{text4}");
+
+        let out = running.stop().await.expect("the agent stops cleanly");
+        assert!(out.contains("tikfleet-agent stopped:"), "{out}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_larger_than_a_frame_is_restored_in_parts() {
+    within(Duration::from_secs(180), async {
+        let sim = Sim {
+            running: tikfleet_sim::start(tikfleet_sim::Config {
+                routers: 1,
+                redial: Duration::from_secs(60),
+                api_ssl: None,
+                ..tikfleet_sim::Config::local()
+            })
+            .await
+            .expect("the simulator starts"),
+        };
+        // Enough configuration for a backup over the protocol's 4 MiB frame limit.
+        tikfleet_sim::router::lock(&sim.running.router(0).device)
+            .seed_secrets(30_000, std::time::Instant::now());
+        let ctl = Controller::start(HubPath::Direct).await;
+        let (tenant, ops) = ctl.tenant("acme").await;
+        let mut agent = Agent::new(&AgentSettings::default());
+        agent.enroll(&ops, &tenant, "site-1").await;
+        let running = agent.start();
+        connected(&ops, &agent.id).await;
+        let router = add_router(&ops, &sim, &agent.id).await;
+
+        let job = backup(&ops, &router).await;
+        let (_, binary) = files(&ops, &router, &job).await;
+        let size = binary["size"].as_u64().expect("a size");
+        assert!(
+            size > tikfleet_shared::codec::MAX_FRAME_SIZE as u64,
+            "backup of {size} bytes"
+        );
+        let original = tikfleet_sim::router::lock(&sim.running.router(0).device)
+            .identity
+            .clone();
+        tikfleet_sim::router::lock(&sim.running.router(0).device).identity =
+            "renamed-by-hand".into();
+
+        let (st, job) = ops
+            .post_empty(&format!(
+                "/api/v1/backups/{}/restore",
+                binary["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+        let job = ops.job_finished(job["id"].as_str().unwrap(), SETTLE).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        // Progress counted the file's bytes, then upload, load and the router's return.
+        assert_eq!(job["progress"]["total"].as_u64(), Some(size + 3), "{job}");
+        assert_eq!(job["progress"]["done"], job["progress"]["total"], "{job}");
+        let detail = job["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("the uploaded file was removed"), "{job}");
+        let identity = tikfleet_sim::router::lock(&sim.running.router(0).device)
+            .identity
+            .clone();
+        assert_eq!(identity, original, "the backup was loaded");
+        let leftover = backup_files(&sim);
+        assert!(leftover.is_empty(), "left on the router: {leftover:?}");
 
         let out = running.stop().await.expect("the agent stops cleanly");
         assert!(out.contains("tikfleet-agent stopped:"), "{out}");

@@ -306,6 +306,10 @@ impl Conn {
         let cmd = Command::parse(words);
         let now = Instant::now();
         lock(&self.router.stats).record(&cmd.word, now);
+        if self.router.api_hung() {
+            // A hung API service (fault): nothing is ever answered; a reboot closes this.
+            return None;
+        }
         let (drop_after, delay) = {
             let f = lock(&self.router.faults);
             (f.drop_after, Duration::from_millis(f.delay_ms))

@@ -5,7 +5,7 @@
 //! | `GET /routers` | every router: index, identity, version, addresses, up |
 //! | `GET /cert` | the API-SSL certificate: `{pem, sha256}` |
 //! | `GET /routers/{i}/faults` | the fault settings ([`Faults`]) |
-//! | `PUT /routers/{i}/faults` | merge the given fault fields; `DELETE` resets them |
+//! | `PUT /routers/{i}/faults` | merge the given fault fields (`api_hung`: no API answers until a reboot); `DELETE` resets them |
 //! | `POST /routers/{i}/reboot` | `{down_ms?}`: reboot (down for down_ms, config kept) |
 //! | `GET /routers/{i}/sessions` | clients and their sessions (profile, address, bytes, state) |
 //! | `POST /routers/{i}/sessions` | `{service: pppoe\|hotspot, name, password, mac?}`: dial; 409 if refused |

@@ -30,6 +30,10 @@ pub struct Faults {
     pub memory_load: Option<u8>,
     /// How long a reboot keeps the router down, in ms.
     pub reboot_down_ms: Option<u64>,
+    /// The API service hangs: API and API-SSL connections are accepted, but no command
+    /// (`/login` included) is ever answered, on new and open connections alike; SSH still
+    /// works. A reboot cures it (the flag clears when the router reboots).
+    pub api_hung: bool,
 }
 
 /// A partial update of [`Faults`] (`PUT /routers/{i}/faults`): given fields replace, others stay.
@@ -52,6 +56,8 @@ pub struct FaultsPatch {
     pub memory_load: Option<u8>,
     /// See [`Faults::reboot_down_ms`].
     pub reboot_down_ms: Option<u64>,
+    /// See [`Faults::api_hung`].
+    pub api_hung: Option<bool>,
 }
 
 impl Faults {
@@ -80,6 +86,9 @@ impl Faults {
         }
         if let Some(v) = p.reboot_down_ms {
             self.reboot_down_ms = Some(v);
+        }
+        if let Some(v) = p.api_hung {
+            self.api_hung = v;
         }
     }
 }

@@ -69,11 +69,15 @@ impl Router {
     }
 
     /// Reboots: sessions drop, connections close, the router is down for `down` (or the fault
-    /// setting, or the default); configuration is kept.
+    /// setting, or the default); configuration is kept. A hung API ([`Faults::api_hung`]) is
+    /// cured.
     pub fn reboot(&self, down: Option<Duration>) {
-        let down = down
-            .or_else(|| lock(&self.faults).reboot_down_ms.map(Duration::from_millis))
-            .unwrap_or(self.reboot_down);
+        let down = {
+            let mut f = lock(&self.faults);
+            f.api_hung = false;
+            down.or_else(|| f.reboot_down_ms.map(Duration::from_millis))
+                .unwrap_or(self.reboot_down)
+        };
         lock(&self.device).reboot(Instant::now(), down);
         self.reboots.send_modify(|n| *n += 1);
         tracing::info!(
@@ -81,6 +85,11 @@ impl Router {
             down_ms = down.as_millis() as u64,
             "rebooting"
         );
+    }
+
+    /// Whether the API service hangs ([`Faults::api_hung`]): commands get no answer.
+    pub fn api_hung(&self) -> bool {
+        lock(&self.faults).api_hung
     }
 
     /// Whether the router is up.
