@@ -29,7 +29,7 @@ use tikfleet_shared::secret::REDACTED;
 use tikfleet_shared::{RouterId, TenantId, UnixMillis};
 use uuid::Uuid;
 
-use super::jobs::{JobRecord, NewJob, insert_job, load_job};
+use super::jobs::{JobRecord, NewJob, load_job, queue_audited};
 use super::sql::Sql;
 use super::{Db, DbError, RowExt as _, Scope, Staff, audit_staff, to_i64};
 
@@ -683,7 +683,7 @@ impl Db {
         let mut tx = self.begin().await?;
         let router = super::routers::load(&mut tx, &staff.scope, router_id).await?;
         let op = JobOp::BackupNow { name: None };
-        let job = insert_job(
+        let job = queue_audited(
             &mut tx,
             self.key(),
             NewJob {
@@ -695,18 +695,9 @@ impl Db {
                 now,
                 generation: None,
             },
-        )
-        .await?;
-        let mut params = AuditParams::new();
-        params.insert("job_id", job.to_string());
-        audit_staff(
-            &mut tx,
-            now,
-            Some(router.tenant_id),
-            Some(router_id),
             &staff.actor,
             "router.backup",
-            &params,
+            AuditParams::new(),
         )
         .await?;
         let record = load_job(&mut tx, job).await?;
@@ -762,7 +753,9 @@ impl Db {
             sha256: sha,
             size: Some(backup.size),
         };
-        let job = insert_job(
+        let mut params = AuditParams::new();
+        params.insert("backup_id", id.to_string());
+        let job = queue_audited(
             &mut tx,
             self.key(),
             NewJob {
@@ -774,19 +767,9 @@ impl Db {
                 now,
                 generation: None,
             },
-        )
-        .await?;
-        let mut params = AuditParams::new();
-        params.insert("job_id", job.to_string());
-        params.insert("backup_id", id.to_string());
-        audit_staff(
-            &mut tx,
-            now,
-            Some(router.tenant_id),
-            Some(router.id),
             &staff.actor,
             "backup.restore",
-            &params,
+            params,
         )
         .await?;
         let record = load_job(&mut tx, job).await?;
@@ -1021,7 +1004,9 @@ impl Db {
         if q.fetch_optional(&mut *tx).await?.is_some() {
             return Ok(false);
         }
-        let job = insert_job(
+        let mut params = AuditParams::new();
+        params.insert("reason", "schedule".to_owned());
+        queue_audited(
             &mut tx,
             self.key(),
             NewJob {
@@ -1033,19 +1018,9 @@ impl Db {
                 now,
                 generation: None,
             },
-        )
-        .await?;
-        let mut params = AuditParams::new();
-        params.insert("job_id", job.to_string());
-        params.insert("reason", "schedule".to_owned());
-        audit_staff(
-            &mut tx,
-            now,
-            Some(tenant),
-            Some(router),
             SCHEDULER,
             "router.backup",
-            &params,
+            params,
         )
         .await?;
         tx.commit().await?;

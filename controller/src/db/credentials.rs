@@ -12,7 +12,7 @@ use tikfleet_shared::record::AuditParams;
 use tikfleet_shared::{RouterId, TenantId, UnixMillis};
 use uuid::Uuid;
 
-use super::jobs::{JobRecord, NewJob, insert_job, load_job};
+use super::jobs::{JobRecord, NewJob, job_by_key, load_job, queue_audited};
 use super::sql::Sql;
 use super::{Db, DbError, RowExt as _, Scope, Staff, audit_staff};
 use crate::clock::SharedClock;
@@ -227,24 +227,19 @@ impl Db {
                     .admin_networks,
             },
         };
-        if let Some(key) = &idempotency_key {
-            let mut q = Sql::new("SELECT id FROM jobs WHERE tenant_id = ");
-            q.bind(router.tenant_id.to_string())
-                .push(" AND idempotency_key = ")
-                .bind(key.clone());
-            if let Some(row) = q.fetch_optional(&mut *tx).await? {
-                let job = load_job(&mut tx, row.parse("id")?).await?;
-                if job.router_id == router_id && job.kind == op.name() {
-                    return Ok(job);
-                }
-                return Err(DbError::Conflict(format!(
-                    "the idempotency key {key:?} belongs to another job; use a new key"
-                )));
-            }
+        if let Some(key) = &idempotency_key
+            && let Some(job) =
+                job_by_key(&mut tx, router.tenant_id, key, router_id, op.name()).await?
+        {
+            return Ok(job);
         }
         let key = idempotency_key
             .unwrap_or_else(|| format!("{}:{router_id}:{}", op.name(), Uuid::now_v7()));
-        let job = insert_job(
+        let mut params = AuditParams::new();
+        if let JobOp::Lockdown { admin_networks } = &op {
+            params.insert("admin_networks", admin_networks.join(","));
+        }
+        let job = queue_audited(
             &mut tx,
             self.key(),
             NewJob {
@@ -256,21 +251,9 @@ impl Db {
                 now,
                 generation: None,
             },
-        )
-        .await?;
-        let mut params = AuditParams::new();
-        params.insert("job_id", job.to_string());
-        if let JobOp::Lockdown { admin_networks } = &op {
-            params.insert("admin_networks", admin_networks.join(","));
-        }
-        audit_staff(
-            &mut tx,
-            now,
-            Some(router.tenant_id),
-            Some(router_id),
             &staff.actor,
             &format!("router.{}", op.name()),
-            &params,
+            params,
         )
         .await?;
         let record = load_job(&mut tx, job).await?;
@@ -328,7 +311,9 @@ impl Db {
             if q.fetch_optional(&mut *tx).await?.is_some() {
                 continue;
             }
-            let job = insert_job(
+            let mut params = AuditParams::new();
+            params.insert("reason", "schedule".to_owned());
+            queue_audited(
                 &mut tx,
                 self.key(),
                 NewJob {
@@ -340,19 +325,9 @@ impl Db {
                     now,
                     generation: None,
                 },
-            )
-            .await?;
-            let mut params = AuditParams::new();
-            params.insert("job_id", job.to_string());
-            params.insert("reason", "schedule".to_owned());
-            audit_staff(
-                &mut tx,
-                now,
-                Some(tenant),
-                Some(router),
                 "scheduler",
                 "router.rotate_credentials",
-                &params,
+                params,
             )
             .await?;
             tx.commit().await?;

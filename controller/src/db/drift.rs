@@ -25,7 +25,7 @@ use tikfleet_shared::secret::REDACTED;
 use tikfleet_shared::{AgentId, DriftId, JobId, RouterId, SubscriberId, TenantId, UnixMillis};
 use uuid::Uuid;
 
-use super::jobs::{JobRecord, NewJob, insert_job, load_job};
+use super::jobs::{JobRecord, NewJob, insert_job, job_by_key, load_job, queue_audited};
 use super::plans::{PLAN_COLUMNS, Plan, PlanPatch};
 use super::sql::{Sql, push_in};
 use super::subscribers::{Service, SubscriberPatch, SubscriberStatus};
@@ -537,24 +537,15 @@ impl Db {
         let mut tx = self.begin().await?;
         let router = super::routers::load(&mut tx, &staff.scope, router_id).await?;
         let op = JobOp::DriftCheck {};
-        if let Some(key) = &idempotency_key {
-            let mut q = Sql::new("SELECT id FROM jobs WHERE tenant_id = ");
-            q.bind(router.tenant_id.to_string())
-                .push(" AND idempotency_key = ")
-                .bind(key.clone());
-            if let Some(row) = q.fetch_optional(&mut *tx).await? {
-                let job = load_job(&mut tx, row.parse("id")?).await?;
-                if job.router_id == router_id && job.kind == op.name() {
-                    return Ok(job);
-                }
-                return Err(DbError::Conflict(format!(
-                    "the idempotency key {key:?} belongs to another job; use a new key"
-                )));
-            }
+        if let Some(key) = &idempotency_key
+            && let Some(job) =
+                job_by_key(&mut tx, router.tenant_id, key, router_id, op.name()).await?
+        {
+            return Ok(job);
         }
         let key = idempotency_key
             .unwrap_or_else(|| format!("drift-check:{router_id}:{}", Uuid::now_v7()));
-        let job = insert_job(
+        let job = queue_audited(
             &mut tx,
             self.key(),
             NewJob {
@@ -566,18 +557,9 @@ impl Db {
                 now,
                 generation: None,
             },
-        )
-        .await?;
-        let mut params = AuditParams::new();
-        params.insert("job_id", job.to_string());
-        audit_staff(
-            &mut tx,
-            now,
-            Some(router.tenant_id),
-            Some(router_id),
             &staff.actor,
             "router.drift_check",
-            &params,
+            AuditParams::new(),
         )
         .await?;
         let record = load_job(&mut tx, job).await?;

@@ -232,6 +232,53 @@ pub(crate) struct NewJob<'a> {
     pub(crate) generation: Option<u64>,
 }
 
+/// Queues a router job inside a transaction with the audit row that says who asked for it:
+/// `action` by `actor`, with `params` and the job's id (`job_id`). Staff requests,
+/// schedules and drift enforcement all queue their router jobs this way; the caller commits
+/// and wakes the agent.
+pub(crate) async fn queue_audited(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    key: &AtRestKey,
+    job: NewJob<'_>,
+    actor: &str,
+    action: &str,
+    mut params: AuditParams,
+) -> Result<JobId, DbError> {
+    let (tenant, router, now) = (job.tenant, job.router, job.now);
+    let id = insert_job(tx, key, job).await?;
+    params.insert("job_id", id.to_string());
+    audit_staff(tx, now, Some(tenant), Some(router), actor, action, &params).await?;
+    Ok(id)
+}
+
+/// The job a tenant already queued under idempotency key `key`: `Some` when it is the same
+/// request (router and kind), `None` when the key is new.
+///
+/// # Errors
+/// The key belongs to another job (`Conflict`), or the database failed.
+pub(crate) async fn job_by_key(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: TenantId,
+    key: &str,
+    router: RouterId,
+    kind: &str,
+) -> Result<Option<JobRecord>, DbError> {
+    let mut q = Sql::new("SELECT id FROM jobs WHERE tenant_id = ");
+    q.bind(tenant.to_string())
+        .push(" AND idempotency_key = ")
+        .bind(key.to_owned());
+    let Some(row) = q.fetch_optional(&mut **tx).await? else {
+        return Ok(None);
+    };
+    let job = load_job(tx, row.parse("id")?).await?;
+    if job.router_id == router && job.kind == kind {
+        return Ok(Some(job));
+    }
+    Err(DbError::Conflict(format!(
+        "the idempotency key {key:?} belongs to another job; use a new key"
+    )))
+}
+
 /// Queues a job inside a transaction; its operation is encrypted at rest.
 pub(crate) async fn insert_job(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
