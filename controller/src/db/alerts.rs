@@ -881,28 +881,15 @@ impl Db {
         rules: &AlertRules,
     ) -> Result<AlertRules, DbError> {
         rules.validate().map_err(DbError::Invalid)?;
-        let now = self.now();
-        let mut tx = self.begin().await?;
-        self.tenant_visible(&mut tx, &staff.scope, tenant).await?;
-        let json = serde_json::to_string(rules).map_err(|e| DbError::Corrupt(e.to_string()))?;
-        let mut q = Sql::new("UPDATE tenants SET alert_rules = ");
-        q.bind(json.clone())
-            .push(" WHERE id = ")
-            .bind(tenant.to_string());
-        q.execute(&mut *tx).await?;
-        let mut params = AuditParams::new();
-        params.insert("rules", json);
-        audit_staff(
-            &mut tx,
-            now,
-            Some(tenant),
-            None,
-            &staff.actor,
+        self.set_tenant_json(
+            staff,
+            tenant,
+            "alert_rules",
             "tenant.alert_rules",
-            &params,
+            "rules",
+            rules,
         )
         .await?;
-        tx.commit().await?;
         Ok(rules.clone())
     }
 }

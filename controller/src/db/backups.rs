@@ -878,28 +878,15 @@ impl Db {
         settings: &BackupSettings,
     ) -> Result<BackupSettings, DbError> {
         settings.validate().map_err(DbError::Invalid)?;
-        let now = self.now();
-        let mut tx = self.begin().await?;
-        self.tenant_visible(&mut tx, &staff.scope, tenant).await?;
-        let json = serde_json::to_string(settings).map_err(|e| DbError::Corrupt(e.to_string()))?;
-        let mut q = Sql::new("UPDATE tenants SET backup_settings = ");
-        q.bind(json.clone())
-            .push(" WHERE id = ")
-            .bind(tenant.to_string());
-        q.execute(&mut *tx).await?;
-        let mut params = AuditParams::new();
-        params.insert("settings", json);
-        audit_staff(
-            &mut tx,
-            now,
-            Some(tenant),
-            None,
-            &staff.actor,
+        self.set_tenant_json(
+            staff,
+            tenant,
+            "backup_settings",
             "tenant.backup_settings",
-            &params,
+            "settings",
+            settings,
         )
         .await?;
-        tx.commit().await?;
         Ok(settings.clone())
     }
 

@@ -364,4 +364,45 @@ impl Db {
             .ok_or(DbError::NotFound("tenant"))?;
         Ok(())
     }
+
+    /// Replaces the tenant's settings stored as JSON in `column` of `tenants` with `value`,
+    /// audited as `action` with the JSON under `param` (alert rules, backup settings).
+    ///
+    /// # Errors
+    /// Not found (or not visible), or the database failed.
+    pub(crate) async fn set_tenant_json<T: serde::Serialize>(
+        &self,
+        staff: &Staff,
+        tenant: TenantId,
+        column: &'static str,
+        action: &'static str,
+        param: &'static str,
+        value: &T,
+    ) -> Result<(), DbError> {
+        let now = self.now();
+        let mut tx = self.begin().await?;
+        self.tenant_visible(&mut tx, &staff.scope, tenant).await?;
+        let json = serde_json::to_string(value).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let mut q = Sql::new("UPDATE tenants SET ");
+        q.push(column)
+            .push(" = ")
+            .bind(json.clone())
+            .push(" WHERE id = ")
+            .bind(tenant.to_string());
+        q.execute(&mut *tx).await?;
+        let mut params = AuditParams::new();
+        params.insert(param, json);
+        audit_staff(
+            &mut tx,
+            now,
+            Some(tenant),
+            None,
+            &staff.actor,
+            action,
+            &params,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
