@@ -1,6 +1,6 @@
 //! Background work on the controller's clock: [`Periodic`] runs a piece of work at once and
 //! then every interval until shut down. The alert evaluation, health retention, backup
-//! retention and rotation scheduling are each one.
+//! retention, the backup schedule and rotation scheduling are each one.
 
 use std::future::Future;
 use std::sync::Arc;
