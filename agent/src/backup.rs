@@ -394,7 +394,16 @@ impl Backups {
                 ));
             }
             if part.offset != staged {
-                // A late answer to an earlier question: ask again.
+                // A late answer to an earlier question: ask again (a controller that keeps
+                // answering another offset uses the tries up).
+                misses += 1;
+                if misses >= FETCH_TRIES {
+                    return Err(refused(format!(
+                        "the controller keeps sending backup {backup_id} at offset {} when \
+                         {staged} is asked for",
+                        part.offset
+                    )));
+                }
                 continue;
             }
             if part.total != size {
