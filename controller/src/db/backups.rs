@@ -29,7 +29,7 @@ use tikfleet_shared::secret::REDACTED;
 use tikfleet_shared::{RouterId, TenantId, UnixMillis};
 use uuid::Uuid;
 
-use super::jobs::{JobRecord, NewJob, load_job, queue_audited};
+use super::jobs::{JobRecord, NewJob, queue_audited};
 use super::sql::Sql;
 use super::{Db, DbError, RowExt as _, Scope, Staff, audit_staff, to_i64};
 
@@ -700,10 +700,7 @@ impl Db {
             AuditParams::new(),
         )
         .await?;
-        let record = load_job(&mut tx, job).await?;
-        tx.commit().await?;
-        self.notify([router.agent_id]);
-        Ok(record)
+        self.commit_queued(tx, job, router.agent_id).await
     }
 
     /// Queues a `restore` job for binary backup `id` on its router's agent; follow it with
@@ -772,10 +769,7 @@ impl Db {
             params,
         )
         .await?;
-        let record = load_job(&mut tx, job).await?;
-        tx.commit().await?;
-        self.notify([router.agent_id]);
-        Ok(record)
+        self.commit_queued(tx, job, router.agent_id).await
     }
 
     /// Applies each tenant's retention (the newest backup of each of its last `keep_daily`

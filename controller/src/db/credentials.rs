@@ -12,7 +12,7 @@ use tikfleet_shared::record::AuditParams;
 use tikfleet_shared::{RouterId, TenantId, UnixMillis};
 use uuid::Uuid;
 
-use super::jobs::{JobRecord, NewJob, job_by_key, load_job, queue_audited};
+use super::jobs::{JobRecord, NewJob, job_by_key, queue_audited};
 use super::sql::Sql;
 use super::{Db, DbError, RowExt as _, Scope, Staff, audit_staff};
 use crate::clock::SharedClock;
@@ -256,10 +256,7 @@ impl Db {
             params,
         )
         .await?;
-        let record = load_job(&mut tx, job).await?;
-        tx.commit().await?;
-        self.notify([router.agent_id]);
-        Ok(record)
+        self.commit_queued(tx, job, router.agent_id).await
     }
 
     /// Queues a `rotate_credentials` job for every router whose last rotation (or, never

@@ -25,7 +25,7 @@ use tikfleet_shared::secret::REDACTED;
 use tikfleet_shared::{AgentId, DriftId, JobId, RouterId, SubscriberId, TenantId, UnixMillis};
 use uuid::Uuid;
 
-use super::jobs::{JobRecord, NewJob, insert_job, job_by_key, load_job, queue_audited};
+use super::jobs::{JobRecord, NewJob, insert_job, job_by_key, queue_audited};
 use super::plans::{PLAN_COLUMNS, Plan, PlanPatch};
 use super::sql::{Sql, push_in};
 use super::subscribers::{Service, SubscriberPatch, SubscriberStatus};
@@ -562,10 +562,7 @@ impl Db {
             AuditParams::new(),
         )
         .await?;
-        let record = load_job(&mut tx, job).await?;
-        tx.commit().await?;
-        self.notify([router.agent_id]);
-        Ok(record)
+        self.commit_queued(tx, job, router.agent_id).await
     }
 
     /// Takes the router's value of an open item into the database, through the subscriber
@@ -831,10 +828,7 @@ impl Db {
             &params,
         )
         .await?;
-        let record = load_job(&mut tx, job).await?;
-        tx.commit().await?;
-        self.notify([router.agent_id]);
-        Ok(record)
+        self.commit_queued(tx, job, router.agent_id).await
     }
 }
 

@@ -251,6 +251,25 @@ pub(crate) async fn queue_audited(
     Ok(id)
 }
 
+impl Db {
+    /// Commits `tx`, which queued `job` for a router of `agent`, wakes the agent, and returns
+    /// the job as it now is.
+    ///
+    /// # Errors
+    /// The database failed (nothing is queued).
+    pub(crate) async fn commit_queued(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        job: JobId,
+        agent: tikfleet_shared::AgentId,
+    ) -> Result<JobRecord, DbError> {
+        let record = load_job(&mut tx, job).await?;
+        tx.commit().await?;
+        self.notify([agent]);
+        Ok(record)
+    }
+}
+
 /// The job a tenant already queued under idempotency key `key`: `Some` when it is the same
 /// request (router and kind), `None` when the key is new.
 ///
