@@ -10,45 +10,17 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{START, Tenant, TestApp, error_code, spawn_app};
+use common::{START, Site, Tenant, TestApp, commit, error_code, site, spawn_app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tikfleet_controller::db::Db;
-use tikfleet_controller::hub::HubStore as _;
 use tikfleet_shared::job::{JobStatus, JobUpdate};
 use tikfleet_shared::record::{BackupChunk, BackupKind, OutboxRecord};
-use tikfleet_shared::{AgentId, JobId, RouterId, UnixMillis};
+use tikfleet_shared::{JobId, RouterId, UnixMillis};
 
 const DAY: i64 = 86_400_000;
 const HOUR: Duration = Duration::from_secs(3600);
 const MINUTE: Duration = Duration::from_secs(60);
-
-struct Site {
-    tenant: Tenant,
-    agent: AgentId,
-    router: RouterId,
-}
-
-async fn site(app: &TestApp, name: &str) -> Site {
-    let tenant = app.tenant(name).await;
-    let agent = app.agent(&tenant, &format!("{name}-site")).await;
-    let router = app
-        .router(&tenant.operator, &agent.id, &format!("{name}-core"))
-        .await;
-    Site {
-        tenant,
-        agent: agent.id.parse().unwrap(),
-        router: router["id"].as_str().unwrap().parse().unwrap(),
-    }
-}
-
-/// Commits `records` as the agent's next outbox seqs, the way the hub does.
-async fn commit(db: &Db, agent: AgentId, records: Vec<OutboxRecord>) {
-    let from = db.records_committed(agent).await.unwrap();
-    let batch: Vec<(u64, OutboxRecord)> = (from + 1..).zip(records).collect();
-    let last = from + batch.len() as u64;
-    assert_eq!(db.commit_records(agent, &batch).await.unwrap(), last);
-}
 
 /// `data` as chunks of `size` bytes (small, to exercise assembly).
 fn chunks(

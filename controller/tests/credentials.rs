@@ -7,35 +7,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Tenant, TestApp, error_code, spawn_app};
+use common::{commit, error_code, site, spawn_app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tikfleet_controller::db::Db;
 use tikfleet_controller::hub::HubStore as _;
 use tikfleet_shared::job::{JobOp, JobStatus, JobUpdate};
 use tikfleet_shared::record::OutboxRecord;
-use tikfleet_shared::{AgentId, ErrorCode, ErrorInfo, JobId, RouterId, UnixMillis};
+use tikfleet_shared::{AgentId, ErrorCode, ErrorInfo, JobId, UnixMillis};
 
 const DAY: Duration = Duration::from_secs(86_400);
-
-struct Site {
-    tenant: Tenant,
-    agent: AgentId,
-    router: RouterId,
-}
-
-async fn site(app: &TestApp, name: &str) -> Site {
-    let tenant = app.tenant(name).await;
-    let agent = app.agent(&tenant, &format!("{name}-site")).await;
-    let router = app
-        .router(&tenant.operator, &agent.id, &format!("{name}-core"))
-        .await;
-    Site {
-        tenant,
-        agent: agent.id.parse().unwrap(),
-        router: router["id"].as_str().unwrap().parse().unwrap(),
-    }
-}
 
 async fn op_of(db: &Db, agent: AgentId, job: &Value) -> JobOp {
     let id: JobId = job["id"].as_str().unwrap().parse().unwrap();
@@ -241,11 +222,4 @@ async fn a_failed_rotation_raises_one_alert() {
     // Reported again (a resend after a crash, a re-queued job failing again): one alert.
     commit(db, a.agent, vec![update(JobStatus::Failed)]).await;
     assert_eq!(alerts().await, 1);
-}
-
-async fn commit(db: &Db, agent: AgentId, records: Vec<OutboxRecord>) {
-    let from = db.records_committed(agent).await.unwrap();
-    let batch: Vec<(u64, OutboxRecord)> = (from + 1..).zip(records).collect();
-    let last = from + batch.len() as u64;
-    assert_eq!(db.commit_records(agent, &batch).await.unwrap(), last);
 }

@@ -8,10 +8,9 @@
 
 mod common;
 
-use common::{START, Tenant, TestApp, error_code, spawn_app};
+use common::{START, Tenant, TestApp, commit, error_code, spawn_app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tikfleet_controller::db::Db;
 use tikfleet_controller::hub::HubStore as _;
 use tikfleet_shared::domain::{DriftPolicy, DriftSettings, ItemKind, ItemRef};
 use tikfleet_shared::job::{JobOp, JobStatus, JobUpdate, Progress};
@@ -65,14 +64,6 @@ async fn site(app: &TestApp, name: &str) -> Site {
         plan,
         alice,
     }
-}
-
-/// Commits `records` as the agent's next outbox seqs, the way the hub does.
-async fn commit(db: &Db, agent: AgentId, records: Vec<OutboxRecord>) {
-    let from = db.records_committed(agent).await.unwrap();
-    let batch: Vec<(u64, OutboxRecord)> = (from + 1..).zip(records).collect();
-    let last = from + batch.len() as u64;
-    assert_eq!(db.commit_records(agent, &batch).await.unwrap(), last);
 }
 
 fn finding(

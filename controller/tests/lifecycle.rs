@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{START, Tenant, TestApp, error_code, spawn_app};
+use common::{START, Tenant, TestApp, commit, error_code, spawn_app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tikfleet_controller::db::Db;
@@ -66,14 +66,6 @@ async fn subscriber(app: &TestApp, site: &Site, name: &str, service: &str, in_ms
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     v
-}
-
-/// Commits `records` as the agent's next outbox seqs, the way the hub does.
-async fn commit(db: &Db, agent: AgentId, records: Vec<OutboxRecord>) {
-    let from = db.records_committed(agent).await.unwrap();
-    let batch: Vec<(u64, OutboxRecord)> = (from + 1..).zip(records).collect();
-    let last = from + batch.len() as u64;
-    assert_eq!(db.commit_records(agent, &batch).await.unwrap(), last);
 }
 
 fn transition(sub: &Value, phase: LifecyclePhase, expires: i64, due: i64) -> LifecycleTransition {

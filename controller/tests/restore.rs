@@ -9,24 +9,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestApp, spawn_app};
+use common::{TestApp, commit, spawn_app};
 use reqwest::StatusCode;
 use serde_json::Value;
-use tikfleet_controller::db::Db;
 use tikfleet_controller::hub::HubStore as _;
 use tikfleet_shared::job::JobOp;
 use tikfleet_shared::record::{BackupChunk, BackupKind, OutboxRecord};
 use tikfleet_shared::{AgentId, JobId, RouterId, UnixMillis};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// Commits `records` as the agent's next outbox seqs, the way the hub does.
-async fn commit(db: &Db, agent: AgentId, records: Vec<OutboxRecord>) {
-    let from = db.records_committed(agent).await.unwrap();
-    let batch: Vec<(u64, OutboxRecord)> = (from + 1..).zip(records).collect();
-    let last = from + batch.len() as u64;
-    assert_eq!(db.commit_records(agent, &batch).await.unwrap(), last);
-}
 
 /// `data` as one file of `kind`, in parts of 64 KiB.
 fn upload(job: JobId, router: RouterId, kind: BackupKind, data: &[u8]) -> Vec<OutboxRecord> {

@@ -370,3 +370,37 @@ pub fn error_code(v: &Value) -> &str {
     assert!(e["retryable"].is_boolean(), "no retryable: {v}");
     e["code"].as_str().unwrap_or_else(|| panic!("no code: {v}"))
 }
+
+/// A tenant with one agent and one router, made through the API.
+pub struct Site {
+    pub tenant: Tenant,
+    pub agent: tikfleet_shared::AgentId,
+    pub router: tikfleet_shared::RouterId,
+}
+
+/// Makes tenant `name` with agent `{name}-site` and router `{name}-core`.
+pub async fn site(app: &TestApp, name: &str) -> Site {
+    let tenant = app.tenant(name).await;
+    let agent = app.agent(&tenant, &format!("{name}-site")).await;
+    let router = app
+        .router(&tenant.operator, &agent.id, &format!("{name}-core"))
+        .await;
+    Site {
+        tenant,
+        agent: agent.id.parse().unwrap(),
+        router: router["id"].as_str().unwrap().parse().unwrap(),
+    }
+}
+
+/// Commits `records` as the agent's next outbox seqs, the way the hub does.
+pub async fn commit(
+    db: &Db,
+    agent: tikfleet_shared::AgentId,
+    records: Vec<tikfleet_shared::record::OutboxRecord>,
+) {
+    use tikfleet_controller::hub::HubStore as _;
+    let from = db.records_committed(agent).await.unwrap();
+    let batch: Vec<(u64, _)> = (from + 1..).zip(records).collect();
+    let last = from + batch.len() as u64;
+    assert_eq!(db.commit_records(agent, &batch).await.unwrap(), last);
+}
