@@ -1043,6 +1043,14 @@ impl<S: JobStore + 'static> Shared<S> {
             "failed",
             self.queue.dead_letter(id, info, heal_at, now).await,
         );
+        // A restore that will not run again has no use for the backup it staged (one that
+        // self-heals later resumes from it).
+        if heal_at.is_none()
+            && matches!(record.job.op, JobOp::Restore { .. })
+            && let Some(backups) = self.backups.get()
+        {
+            backups.discard(id).await;
+        }
     }
 
     /// Pushes a JobUpdate behind the job's audit records and waits until it is durable.

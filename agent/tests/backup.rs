@@ -676,3 +676,52 @@ async fn a_backup_the_controller_refuses_fails_the_restore_without_touching_the_
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn a_restore_that_fails_for_good_leaves_no_staged_file() {
+    tokio::time::timeout(LIMIT, async {
+        let rig = Rig::new().await;
+        let data = vec![7u8; MAX_BACKUP_PART * 2];
+        let job = rig.job(data.len() as u64, vec![0; 32]);
+        let id = job.id;
+        rig.queue.enqueue(job, T0).await.unwrap();
+        // The first part arrives; then the backup is gone (retention removed it meanwhile).
+        let server = tokio::spawn({
+            let fetcher = rig.fetcher.clone();
+            async move {
+                loop {
+                    let pending = fetcher.next().await;
+                    let offset = pending.request().offset;
+                    if offset == 0 {
+                        pending.answer(part(id, 0, &data));
+                        continue;
+                    }
+                    pending.answer(BackupPart {
+                        job_id: id,
+                        backup_id: "b-big".into(),
+                        offset,
+                        total: 0,
+                        data: Vec::new(),
+                        error: Some(ErrorInfo::with_message(
+                            ErrorCode::NotFound,
+                            "no binary backup b-big of this agent's routers",
+                        )),
+                    });
+                }
+            }
+        });
+        rig.run().await;
+        server.abort();
+        let rec = rig.queue.get(id).unwrap().expect("job");
+        assert_eq!(rec.status, JobStatus::Failed);
+        assert!(rec.next_heal_at.is_none(), "a refusal does not self-heal");
+        let staged: Vec<_> = std::fs::read_dir(&rig.staging)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        assert!(staged.is_empty(), "staged file deleted: {staged:?}");
+        assert!(rig.backup_files().is_empty());
+        rig.sim.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
