@@ -29,7 +29,7 @@ use tikfleet_shared::secret::REDACTED;
 use tikfleet_shared::{RouterId, TenantId, UnixMillis};
 use uuid::Uuid;
 
-use super::jobs::{JobRecord, NewJob, queue_audited};
+use super::jobs::{Due, JobRecord, NewJob, queue_audited};
 use super::sql::Sql;
 use super::{Db, DbError, RowExt as _, Scope, Staff, audit_staff, to_i64};
 
@@ -934,83 +934,22 @@ impl Db {
                 None => row.int("created_at")?,
             });
             if schedule_due(&schedule, since, now) {
-                due.push((
-                    row.parse::<RouterId>("id")?,
-                    row.parse::<TenantId>("tenant_id")?,
-                    row.parse::<tikfleet_shared::AgentId>("agent_id")?,
-                    since,
-                ));
+                due.push(Due::of(&row, since.as_millis())?);
             }
         }
         let mut queued = 0;
-        for (router, tenant, agent, since) in due {
-            match self
-                .queue_scheduled_backup(router, tenant, since, now)
-                .await
+        let op = JobOp::BackupNow { name: None };
+        for due in &due {
+            if self
+                .queue_scheduled(due, &op, "router.backup", true)
+                .await?
             {
-                Ok(true) => {
-                    self.notify([agent]);
-                    queued += 1;
-                }
-                Ok(false) => {}
-                // Another controller queued it first.
-                Err(DbError::Conflict(_)) => {}
-                Err(e) => return Err(e),
+                queued += 1;
             }
         }
         Ok(queued)
     }
-
-    /// One scheduled backup job, unless it (by its key) or another unfinished backup job of
-    /// the router exists by now. Returns whether it was queued.
-    async fn queue_scheduled_backup(
-        &self,
-        router: RouterId,
-        tenant: TenantId,
-        since: UnixMillis,
-        now: UnixMillis,
-    ) -> Result<bool, DbError> {
-        let key = format!("backup_now:schedule:{router}:{}", since.as_millis());
-        let mut tx = self.begin().await?;
-        let mut q = Sql::new("SELECT id FROM jobs WHERE (tenant_id = ");
-        q.bind(tenant.to_string())
-            .push(" AND idempotency_key = ")
-            .bind(key.clone())
-            .push(") OR (router_id = ")
-            .bind(router.to_string())
-            .push(
-                " AND kind = 'backup_now' AND status IN ('queued', 'running', 'retrying')) \
-                 LIMIT 1",
-            );
-        if q.fetch_optional(&mut *tx).await?.is_some() {
-            return Ok(false);
-        }
-        let mut params = AuditParams::new();
-        params.insert("reason", "schedule".to_owned());
-        queue_audited(
-            &mut tx,
-            self.key(),
-            NewJob {
-                tenant,
-                router,
-                idempotency_key: key,
-                priority: Priority::Bulk,
-                op: &JobOp::BackupNow { name: None },
-                now,
-                generation: None,
-            },
-            SCHEDULER,
-            "router.backup",
-            params,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
-    }
 }
-
-/// The actor of scheduled backups in the audit log (as for scheduled credential rotations).
-const SCHEDULER: &str = "scheduler";
 
 /// How often the schedule is evaluated.
 pub const SCHEDULE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);

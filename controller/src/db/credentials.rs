@@ -12,7 +12,7 @@ use tikfleet_shared::record::AuditParams;
 use tikfleet_shared::{RouterId, TenantId, UnixMillis};
 use uuid::Uuid;
 
-use super::jobs::{JobRecord, NewJob, job_by_key, queue_audited};
+use super::jobs::{Due, JobRecord, NewJob, job_by_key, queue_audited};
 use super::sql::Sql;
 use super::{Db, DbError, RowExt as _, Scope, Staff, audit_staff};
 use crate::clock::SharedClock;
@@ -289,47 +289,18 @@ impl Db {
                 None => row.int("created_at")?,
             };
             if now.as_millis() >= since.saturating_add(days.saturating_mul(DAY_MS)) {
-                due.push((
-                    row.parse::<RouterId>("id")?,
-                    row.parse::<TenantId>("tenant_id")?,
-                    row.parse::<tikfleet_shared::AgentId>("agent_id")?,
-                    since,
-                ));
+                due.push(Due::of(&row, since)?);
             }
         }
         let mut queued = 0;
-        for (router, tenant, agent, since) in due {
-            let key = format!("rotate_credentials:schedule:{router}:{since}");
-            let mut tx = self.begin().await?;
-            let mut q = Sql::new("SELECT id FROM jobs WHERE tenant_id = ");
-            q.bind(tenant.to_string())
-                .push(" AND idempotency_key = ")
-                .bind(key.clone());
-            if q.fetch_optional(&mut *tx).await?.is_some() {
-                continue;
+        let op = JobOp::RotateCredentials {};
+        for due in &due {
+            if self
+                .queue_scheduled(due, &op, "router.rotate_credentials", false)
+                .await?
+            {
+                queued += 1;
             }
-            let mut params = AuditParams::new();
-            params.insert("reason", "schedule".to_owned());
-            queue_audited(
-                &mut tx,
-                self.key(),
-                NewJob {
-                    tenant,
-                    router,
-                    idempotency_key: key,
-                    priority: Priority::Bulk,
-                    op: &JobOp::RotateCredentials {},
-                    now,
-                    generation: None,
-                },
-                "scheduler",
-                "router.rotate_credentials",
-                params,
-            )
-            .await?;
-            tx.commit().await?;
-            self.notify([agent]);
-            queued += 1;
         }
         Ok(queued)
     }

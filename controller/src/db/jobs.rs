@@ -270,6 +270,95 @@ impl Db {
     }
 }
 
+/// The audit actor of jobs a schedule queues (backups, credential rotations).
+pub(crate) const SCHEDULER: &str = "scheduler";
+
+/// A router a schedule found due for a job, and when its period began (Unix ms).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Due {
+    pub(crate) router: RouterId,
+    pub(crate) tenant: TenantId,
+    pub(crate) agent: tikfleet_shared::AgentId,
+    pub(crate) since: i64,
+}
+
+impl Due {
+    /// From a row with `id`, `tenant_id` and `agent_id` of the router.
+    pub(crate) fn of(row: &sqlx::any::AnyRow, since: i64) -> Result<Self, DbError> {
+        Ok(Self {
+            router: row.parse("id")?,
+            tenant: row.parse("tenant_id")?,
+            agent: row.parse("agent_id")?,
+            since,
+        })
+    }
+}
+
+impl Db {
+    /// Queues a job a schedule found due (bulk priority, audited as the [`SCHEDULER`] with
+    /// `reason=schedule`) and wakes its agent — unless a job already holds its key
+    /// (`<kind>:schedule:<router>:<since>`, the schedule's period: a restart or a second
+    /// controller queues nothing twice)
+    /// or, with `one_at_a_time`, a job of the same kind is still queued, running or retrying
+    /// for the router. Returns whether it queued one.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub(crate) async fn queue_scheduled(
+        &self,
+        due: &Due,
+        op: &JobOp,
+        action: &str,
+        one_at_a_time: bool,
+    ) -> Result<bool, DbError> {
+        let Due {
+            router,
+            tenant,
+            agent,
+            since,
+        } = *due;
+        let key = format!("{}:schedule:{router}:{since}", op.name());
+        let now = self.now();
+        let mut tx = self.begin().await?;
+        let mut q = Sql::new("SELECT id FROM jobs WHERE (tenant_id = ");
+        q.bind(tenant.to_string())
+            .push(" AND idempotency_key = ")
+            .bind(key.clone())
+            .push(")");
+        if one_at_a_time {
+            q.push(" OR (router_id = ")
+                .bind(router.to_string())
+                .push(" AND kind = ")
+                .bind(op.name().to_owned())
+                .push(" AND status IN ('queued', 'running', 'retrying'))");
+        }
+        q.push(" LIMIT 1");
+        if q.fetch_optional(&mut *tx).await?.is_some() {
+            return Ok(false);
+        }
+        let mut params = AuditParams::new();
+        params.insert("reason", "schedule".to_owned());
+        let job = NewJob {
+            tenant,
+            router,
+            idempotency_key: key,
+            priority: Priority::Bulk,
+            op,
+            now,
+            generation: None,
+        };
+        match queue_audited(&mut tx, self.key(), job, SCHEDULER, action, params).await {
+            Ok(_) => {}
+            // Another controller queued it first.
+            Err(DbError::Conflict(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        tx.commit().await?;
+        self.notify([agent]);
+        Ok(true)
+    }
+}
+
 /// The job a tenant already queued under idempotency key `key`: `Some` when it is the same
 /// request (router and kind), `None` when the key is new.
 ///
