@@ -207,36 +207,9 @@ pub fn chunks(
     ros_version: &str,
     data: &[u8],
 ) -> Vec<OutboxRecord> {
-    let sha256 = ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .to_vec();
-    let total = data.len() as u64;
-    let parts: Vec<&[u8]> = if data.is_empty() {
-        vec![&[]]
-    } else {
-        data.chunks(BACKUP_CHUNK_SIZE).collect()
-    };
-    let n = parts.len();
-    let mut offset = 0u64;
-    parts
+    BackupChunk::split(job, router, kind, at, ros_version, data, BACKUP_CHUNK_SIZE)
         .into_iter()
-        .enumerate()
-        .map(|(i, part)| {
-            let chunk = BackupChunk {
-                job_id: job,
-                router_id: router,
-                kind,
-                taken_at: at,
-                ros_version: ros_version.to_owned(),
-                offset,
-                total_size: total,
-                sha256: sha256.clone(),
-                data: part.to_vec(),
-                last: i + 1 == n,
-            };
-            offset += part.len() as u64;
-            OutboxRecord::BackupChunk(chunk)
-        })
+        .map(OutboxRecord::BackupChunk)
         .collect()
 }
 

@@ -31,32 +31,18 @@ fn chunks(
     data: &[u8],
     size: usize,
 ) -> Vec<OutboxRecord> {
-    let sha = ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .to_vec();
-    let parts: Vec<&[u8]> = data.chunks(size).collect();
-    let n = parts.len();
-    let mut offset = 0;
-    parts
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let c = BackupChunk {
-                job_id: job,
-                router_id: router,
-                kind,
-                taken_at: UnixMillis(at),
-                ros_version: "7.15.3 (stable)".into(),
-                offset,
-                total_size: data.len() as u64,
-                sha256: sha.clone(),
-                data: p.to_vec(),
-                last: i + 1 == n,
-            };
-            offset += p.len() as u64;
-            OutboxRecord::BackupChunk(c)
-        })
-        .collect()
+    BackupChunk::split(
+        job,
+        router,
+        kind,
+        UnixMillis(at),
+        "7.15.3 (stable)",
+        data,
+        size,
+    )
+    .into_iter()
+    .map(OutboxRecord::BackupChunk)
+    .collect()
 }
 
 fn export(date: &str, profile: &str) -> Vec<u8> {

@@ -21,32 +21,18 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// `data` as one file of `kind`, in parts of 64 KiB.
 fn upload(job: JobId, router: RouterId, kind: BackupKind, data: &[u8]) -> Vec<OutboxRecord> {
-    let sha = ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .to_vec();
-    let parts: Vec<&[u8]> = data.chunks(64 * 1024).collect();
-    let n = parts.len();
-    let mut offset = 0;
-    parts
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let c = BackupChunk {
-                job_id: job,
-                router_id: router,
-                kind,
-                taken_at: UnixMillis(1_767_225_600_000),
-                ros_version: "7.15.3 (stable)".into(),
-                offset,
-                total_size: data.len() as u64,
-                sha256: sha.clone(),
-                data: p.to_vec(),
-                last: i + 1 == n,
-            };
-            offset += p.len() as u64;
-            OutboxRecord::BackupChunk(c)
-        })
-        .collect()
+    BackupChunk::split(
+        job,
+        router,
+        kind,
+        UnixMillis(1_767_225_600_000),
+        "7.15.3 (stable)",
+        data,
+        64 * 1024,
+    )
+    .into_iter()
+    .map(OutboxRecord::BackupChunk)
+    .collect()
 }
 
 async fn backups(app: &TestApp, token: &str, router: RouterId) -> Vec<Value> {

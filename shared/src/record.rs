@@ -145,6 +145,53 @@ pub struct BackupChunk {
     pub last: bool,
 }
 
+impl BackupChunk {
+    /// One backup file `data` as its chunks, in order: parts of at most `size` bytes (one
+    /// empty chunk for an empty file), each with the file's size and SHA-256, the last one
+    /// marked `last`.
+    #[must_use]
+    pub fn split(
+        job_id: JobId,
+        router_id: RouterId,
+        kind: BackupKind,
+        taken_at: UnixMillis,
+        ros_version: &str,
+        data: &[u8],
+        size: usize,
+    ) -> Vec<Self> {
+        let sha256 = ring::digest::digest(&ring::digest::SHA256, data)
+            .as_ref()
+            .to_vec();
+        let parts: Vec<&[u8]> = if data.is_empty() {
+            vec![&[]]
+        } else {
+            data.chunks(size.max(1)).collect()
+        };
+        let n = parts.len();
+        let mut offset = 0u64;
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, part)| {
+                let chunk = Self {
+                    job_id,
+                    router_id,
+                    kind,
+                    taken_at,
+                    ros_version: ros_version.to_owned(),
+                    offset,
+                    total_size: data.len() as u64,
+                    sha256: sha256.clone(),
+                    data: part.to_vec(),
+                    last: i + 1 == n,
+                };
+                offset += part.len() as u64;
+                chunk
+            })
+            .collect()
+    }
+}
+
 /// Why an [`OutboxRecord::Dropped`] tombstone stands in for a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
