@@ -24,8 +24,8 @@ pub struct HealthQuery {
     pub from: Option<String>,
     /// End (RFC 3339, exclusive); default: now.
     pub to: Option<String>,
-    /// Step in seconds (default 60). Under 300 and within the last 48 hours the points come
-    /// from raw samples; otherwise from 5-minute rollups (the step is rounded up to a
+    /// Step in seconds (default 60). Under 300 and within the raw retention (48 hours by
+    /// default) the points come from raw samples; otherwise from 5-minute rollups (the step is rounded up to a
     /// multiple of 300).
     pub step: Option<u64>,
 }
