@@ -706,14 +706,35 @@ async fn the_run_loop_applies_new_states_retries_and_checks_on_schedule() {
                 .attr("profile", "plan-b"),
         )
         .await;
-        agent.clock.advance(std::time::Duration::from_secs(61));
+        // The next check comes an interval after the last pass ended, as the run loop saw
+        // it end: time passes in steps until it has come and put the profile back.
         until("the scheduled check to correct it", || {
+            agent.clock.advance(std::time::Duration::from_secs(1));
             row(&sim, "/ppp/secret", "name", "sub00001").unwrap()["profile"] == "plan-a"
         })
         .await;
-        let findings = agent.last_findings().await;
+        // Its report is written after the correction reaches the router: wait for it. Later
+        // checks find nothing, so exactly one finding was ever made, the correction.
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        let findings = loop {
+            let findings: Vec<DriftFinding> = agent
+                .records()
+                .await
+                .into_iter()
+                .filter_map(|r| match r {
+                    OutboxRecord::Drift(d) => Some(d.findings),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            if !findings.is_empty() || Instant::now() > deadline {
+                break findings;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
         assert_eq!(findings.len(), 1, "{findings:#?}");
         assert_eq!(findings[0].action, DriftAction::Corrected);
+        assert_eq!(findings[0].item.key, "sub00001");
 
         run.stop().await;
     })
