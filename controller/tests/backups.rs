@@ -647,16 +647,22 @@ async fn the_schedule_queues_one_backup_per_router_per_interval() {
             .await;
         assert_eq!(st, StatusCode::OK, "{v}");
 
-        // Daily by default, counted from the router's creation.
+        // A router never backed up gets a backup at once (the disabled tenant's none).
+        assert_eq!(db.queue_due_backups().await.unwrap(), 2);
         assert_eq!(db.queue_due_backups().await.unwrap(), 0);
+        assert!(backup_jobs(&app, off.router).await.is_empty());
+        finish_backups(&app, &a).await;
+        finish_backups(&app, &a2).await;
+
+        // Then daily by default, counted from the last one.
         app.t.clock.advance(HOUR * 24 - MINUTE);
         assert_eq!(db.queue_due_backups().await.unwrap(), 0);
         app.t.clock.advance(MINUTE);
         assert_eq!(db.queue_due_backups().await.unwrap(), 2);
         let jobs = backup_jobs(&app, a.router).await;
-        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        assert_eq!(jobs.len(), 2, "{jobs:?}");
         assert_eq!(jobs[0]["priority"], "bulk");
-        assert_eq!(backup_jobs(&app, second).await.len(), 1);
+        assert_eq!(backup_jobs(&app, second).await.len(), 2);
 
         // None while one is unfinished, however long it takes; the disabled tenant none.
         assert_eq!(db.queue_due_backups().await.unwrap(), 0);
@@ -668,8 +674,8 @@ async fn the_schedule_queues_one_backup_per_router_per_interval() {
         // queued, so at once; the second router's is still unfinished.
         finish_backups(&app, &a).await;
         assert_eq!(db.queue_due_backups().await.unwrap(), 1);
-        assert_eq!(backup_jobs(&app, a.router).await.len(), 2);
-        assert_eq!(backup_jobs(&app, second).await.len(), 1);
+        assert_eq!(backup_jobs(&app, a.router).await.len(), 3);
+        assert_eq!(backup_jobs(&app, second).await.len(), 2);
 
         // Another controller over the same database (or this one restarted) queues nothing
         // more; both evaluating at once queue one job between them.
@@ -682,8 +688,8 @@ async fn the_schedule_queues_one_backup_per_router_per_interval() {
         app.t.clock.advance(HOUR * 24);
         let (x, y) = tokio::join!(db.queue_due_backups(), other.queue_due_backups());
         assert_eq!(x.unwrap() + y.unwrap(), 2);
-        assert_eq!(backup_jobs(&app, a.router).await.len(), 3);
-        assert_eq!(backup_jobs(&app, second).await.len(), 2);
+        assert_eq!(backup_jobs(&app, a.router).await.len(), 4);
+        assert_eq!(backup_jobs(&app, second).await.len(), 3);
         assert_eq!(other.queue_due_backups().await.unwrap(), 0);
         other.close().await;
 
@@ -706,8 +712,8 @@ async fn the_schedule_queues_one_backup_per_router_per_interval() {
         assert_eq!(db.queue_due_backups().await.unwrap(), 0);
         app.t.clock.advance(HOUR);
         assert_eq!(db.queue_due_backups().await.unwrap(), 1);
-        assert_eq!(backup_jobs(&app, a.router).await.len(), 5);
-        assert_eq!(backup_jobs(&app, second).await.len(), 2);
+        assert_eq!(backup_jobs(&app, a.router).await.len(), 6);
+        assert_eq!(backup_jobs(&app, second).await.len(), 3);
 
         // Every scheduled job is audited as the scheduler's.
         let (_, audit) = app.get(&a.tenant.operator, "/api/v1/audit?limit=200").await;
@@ -717,7 +723,7 @@ async fn the_schedule_queues_one_backup_per_router_per_interval() {
             .iter()
             .filter(|r| r["action"] == "router.backup" && r["actor"] == "scheduler")
             .count();
-        assert_eq!(scheduled, 6, "{audit}");
+        assert_eq!(scheduled, 8, "{audit}");
     })
     .await
     .expect("test timed out");
@@ -738,6 +744,9 @@ async fn the_schedule_keeps_its_time_of_day_and_window() {
             )
             .await;
         assert_eq!(st, StatusCode::OK, "{v}");
+        // The first backup is taken at once, whatever the time of day.
+        assert_eq!(db.queue_due_backups().await.unwrap(), 1);
+        finish_backups(&app, &a).await;
         app.t.clock.advance(HOUR * 3 - MINUTE);
         assert_eq!(db.queue_due_backups().await.unwrap(), 0);
         app.t.clock.advance(MINUTE * 2);
@@ -756,7 +765,7 @@ async fn the_schedule_keeps_its_time_of_day_and_window() {
             .clock
             .set(UnixMillis(START + 3 * DAY + 3 * 3_600_000 + 59 * 60_000));
         assert_eq!(db.queue_due_backups().await.unwrap(), 1);
-        assert_eq!(backup_jobs(&app, a.router).await.len(), 3);
+        assert_eq!(backup_jobs(&app, a.router).await.len(), 4);
     })
     .await
     .expect("test timed out");

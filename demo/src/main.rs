@@ -297,9 +297,6 @@ async fn populate(
             .await?;
             bar.inc(1);
         }
-        // A first backup of each router (the tenant's schedule takes the next ones daily).
-        api.post(&format!("/routers/{router_id}/backups"), json!({}))
-            .await?;
     }
     bar.finish();
 
@@ -464,7 +461,7 @@ fn print_welcome(server: &Server, token: &str, sim: &tikfleet_sim::Running, args
     let _ = writeln!(
         out,
         "  curl -H 'Authorization: Bearer {token}' {api}/api/v1/routers   (health: \
-         /api/v1/routers/ID/health, backups (one taken at the start, then daily): \
+         /api/v1/routers/ID/health, backups (the first within a minute of the start, then daily): \
          /api/v1/routers/ID/backups, alerts: /api/v1/alerts)"
     );
     let _ = writeln!(

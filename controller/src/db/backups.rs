@@ -178,8 +178,9 @@ fn parse_settings(json: Option<&str>) -> Result<BackupSettings, DbError> {
     Ok(settings)
 }
 
-/// Whether a router whose last backup job reached its agent (or was queued, or — never
-/// backed up — the router was created) at `since` is due for a scheduled backup at `now`.
+/// Whether a router whose last backup job reached its agent (or was queued, if it never
+/// did) at `since` is due for a scheduled backup at `now`. (A router never backed up is due
+/// at once; [`Db::queue_due_backups`] sees to that.)
 ///
 /// Without `at`: once `interval_secs` have passed since then. With `at`: once `now` is in a
 /// later "schedule day" (from one day's `at` to the next's) than `since`, by at least
@@ -886,8 +887,8 @@ impl Db {
 
     /// The schedule: queues a `backup_now` job (bulk priority, audited as the `scheduler`)
     /// for every live router of a live agent whose tenant's schedule says it is due
-    /// ([`schedule_due`], from its last backup job, scheduled or by hand, finished or not)
-    /// and that has no backup job queued or running. The idempotency key names the router
+    /// ([`schedule_due`], from its last backup job, scheduled or by hand, finished or not;
+    /// at once if it never had one) and that has no backup job queued or running. The idempotency key names the router
     /// and the moment its period started, so a repeat, a restart or a second controller over
     /// the same database queues nothing twice. Returns how many were queued.
     ///
@@ -929,11 +930,16 @@ impl Db {
             if row.int("unfinished")? > 0 {
                 continue;
             }
-            let since = UnixMillis::new(match row.opt_int("last_backup")? {
-                Some(t) => t,
-                None => row.int("created_at")?,
-            });
-            if schedule_due(&schedule, since, now) {
+            // A router never backed up is due at once, whatever the schedule: the changes
+            // tikfleet makes right after a router is added should have a backup before them.
+            let (since, first) = match row.opt_int("last_backup")? {
+                Some(t) => (UnixMillis::new(t), false),
+                None => (UnixMillis::new(row.int("created_at")?), true),
+            };
+            if first && schedule.enabled {
+                // Its period is "never backed up": key `…:0`.
+                due.push(Due::of(&row, 0)?);
+            } else if schedule_due(&schedule, since, now) {
                 due.push(Due::of(&row, since.as_millis())?);
             }
         }

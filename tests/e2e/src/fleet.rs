@@ -332,7 +332,9 @@ impl Controller {
         self.server = Some(server);
     }
 
-    /// A tenant and an operator token in it: `(tenant id, operator API)`.
+    /// A tenant and an operator token in it: `(tenant id, operator API)`. Its backup
+    /// schedule is off — the harness's simulated routers have no SSH, so a backup would fail
+    /// — until a test turns it on (`PUT /api/v1/tenants/{id}/backups`); backups by hand work.
     pub async fn tenant(&self, name: &str) -> (String, Api) {
         let t = self
             .admin
@@ -352,7 +354,15 @@ impl Controller {
             )
             .await;
         let token = tok["token"].as_str().expect("token").to_owned();
-        (id, self.admin.with_token(&token))
+        let ops = self.admin.with_token(&token);
+        let (st, v) = ops
+            .put(
+                &format!("/api/v1/tenants/{id}/backups"),
+                json!({"schedule": {"enabled": false}}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        (id, ops)
     }
 
     /// The first column of the first row of `sql` (an integer or NULL), read straight from

@@ -102,9 +102,9 @@ async fn backup_list_download_change_diff() {
             .expect("the simulator starts"),
         };
         let ctl = Controller::start(HubPath::Direct).await;
-        let (_tenant, ops) = ctl.tenant("acme").await;
+        let (tenant, ops) = ctl.tenant("acme").await;
         let mut agent = Agent::new(&AgentSettings::default());
-        agent.enroll(&ops, &_tenant, "site-1").await;
+        agent.enroll(&ops, &tenant, "site-1").await;
         let running = agent.start();
         connected(&ops, &agent.id).await;
         let router = add_router(&ops, &sim, &agent.id).await;
@@ -121,7 +121,28 @@ async fn backup_list_download_change_diff() {
             .await
             .expect("added by hand");
 
-        let job1 = backup(&ops, &router).await;
+        // The tenant's schedule is turned on: the router, never backed up, gets its first
+        // backup unasked at the schedule's next run (a minute of the controller's clock).
+        let (st, v) = ops
+            .put(
+                &format!("/api/v1/tenants/{tenant}/backups"),
+                serde_json::json!({"schedule": {"enabled": true}}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        ctl.clock().advance(Duration::from_secs(60));
+        let first =
+            tikfleet_e2e::fleet::eventually("the first scheduled backup", SETTLE, || async {
+                ops.all(&format!("/api/v1/jobs?kind=backup_now&router_id={router}"))
+                    .await
+                    .into_iter()
+                    .find(|j| j["idempotency_key"] == format!("backup_now:schedule:{router}:0"))
+            })
+            .await;
+        let job1 = first["id"].as_str().expect("job id").to_owned();
+        let done = ops.job_finished(&job1, SETTLE).await;
+        assert_eq!(done["status"], "succeeded", "{done:#}");
+        assert_eq!(done["priority"], "bulk", "{done:#}");
         let (export1, binary1) = files(&ops, &router, &job1).await;
         assert_eq!(export1["unchanged"], false);
         assert!(binary1["size"].as_u64() > Some(0), "{binary1}");
