@@ -2,9 +2,9 @@
 //! `scripts/test` prepares) and a real HTTP receiver stand in for the tenant's mail server,
 //! SMS gateway and alert webhook. Expiry notices go out once per notice moment (also across
 //! a restart, and only the last one after downtime), retries back off on the injectable
-//! clock, a refusal fails at once with an admin alert, alerts go once per key, and the
-//! settings API never shows a secret. Runs on SQLite, or on PostgreSQL when
-//! `TIKFLEET_TEST_DATABASE_URL` is set.
+//! clock, a refusal fails at once with an admin alert, alerts go once per key (signed with
+//! the tenant's webhook secret when it set one), and the settings API never shows a secret.
+//! Runs on SQLite, or on PostgreSQL when `TIKFLEET_TEST_DATABASE_URL` is set.
 
 mod common;
 
@@ -26,6 +26,7 @@ const MINUTE: i64 = 60_000;
 const TEST_TIMEOUT: Duration = Duration::from_secs(100);
 const SMTP_PASSWORD: &str = "smtp-secret-pw-1";
 const API_KEY: &str = "k-secret-gateway-key";
+const WEBHOOK_SECRET: &str = "whsec-tikfleet-test-0123456789";
 
 /// A tenant with a router and a plan, its notification settings pointing at local peers.
 struct Env {
@@ -514,6 +515,189 @@ async fn admin_alerts_go_by_email_and_webhook_once_per_key() {
     .expect("test timed out");
 }
 
+/// The lowercase hex HMAC-SHA256 of `"{timestamp}.{body}"` under `secret`, as a receiver
+/// computes it.
+fn expected_signature(secret: &str, timestamp: &str, body: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, format!("{timestamp}.{body}").as_bytes());
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn a_webhook_secret_signs_alerts_and_is_never_shown() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let e = env("signed").await;
+        let app = &e.app;
+        let db = &app.t.db;
+        let path = format!("/api/v1/tenants/{}/notifications", e.tenant.id);
+        let tenant: TenantId = e.tenant.id.parse().unwrap();
+        let (_, unsigned) = app.get(&e.tenant.viewer, &path).await;
+        assert_eq!(unsigned["alerts"]["webhook_secret_set"], false);
+
+        // Invalid secrets: 400 naming the field.
+        for (secret, url) in [
+            (
+                json!("too-short-secret"[..15]),
+                json!(e.hook.url("/alerts")),
+            ),
+            (json!("x".repeat(257)), json!(e.hook.url("/alerts"))),
+            (json!(WEBHOOK_SECRET), Value::Null),
+        ] {
+            let mut bad = unsigned.clone();
+            bad["alerts"]["webhook_secret"] = secret.clone();
+            bad["alerts"]["webhook_url"] = url;
+            let (st, err) = app.put(&e.tenant.operator, &path, bad).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{secret}: {err}");
+            assert_eq!(error_code(&err), "invalid_request");
+            assert!(
+                err["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("alerts.webhook_secret"),
+                "{err}"
+            );
+        }
+        // 256 characters are fine (not kept: the real one follows).
+        let mut longest = unsigned.clone();
+        longest["alerts"]["webhook_secret"] = json!("é".repeat(256));
+        let (st, v) = app.put(&e.tenant.operator, &path, longest).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+
+        let mut signed = unsigned.clone();
+        signed["alerts"]["webhook_secret"] = json!(WEBHOOK_SECRET);
+        let (st, v) = app.put(&e.tenant.operator, &path, signed).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["alerts"]["webhook_secret_set"], true);
+        // Shown only as set, also to viewers; what GET answers goes back with the secret kept.
+        let (st, shown) = app.get(&e.tenant.viewer, &path).await;
+        assert_eq!(st, StatusCode::OK, "{shown}");
+        assert_eq!(shown["alerts"]["webhook_secret_set"], true);
+        assert!(shown["alerts"].get("webhook_secret").is_none(), "{shown}");
+        assert!(!shown.to_string().contains(WEBHOOK_SECRET), "{shown}");
+        let (st, back) = app.put(&e.tenant.operator, &path, shown.clone()).await;
+        assert_eq!(st, StatusCode::OK, "{back}");
+        assert_eq!(back, shown);
+        let mut null_keeps = shown.clone();
+        null_keeps["alerts"]["webhook_secret"] = Value::Null;
+        let (st, back) = app.put(&e.tenant.operator, &path, null_keeps).await;
+        assert_eq!(st, StatusCode::OK, "{back}");
+        assert_eq!(back["alerts"]["webhook_secret_set"], true);
+
+        // Sealed in storage; not in the audit rows, which say only whether one is set.
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.t.url)
+            .await
+            .unwrap();
+        let stored: Vec<String> =
+            sqlx::query_scalar("SELECT notifications FROM tenants WHERE notifications IS NOT NULL")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(stored.len(), 1);
+        assert!(stored[0].contains("webhook_secret_sealed"), "{stored:?}");
+        assert!(!stored[0].contains(WEBHOOK_SECRET), "{stored:?}");
+        let (_, audit) = app
+            .get(
+                &app.admin,
+                "/api/v1/audit?action=tenant.notification_settings",
+            )
+            .await;
+        let items = audit["items"].as_array().unwrap();
+        assert_eq!(items.len(), 5, "{audit}");
+        assert!(!audit.to_string().contains(WEBHOOK_SECRET), "{audit}");
+        assert_eq!(
+            items[0]["params"]["alert_webhook_signing"], "none",
+            "oldest first"
+        );
+        assert_eq!(items[4]["params"]["alert_webhook_signing"], "set");
+
+        // An alert queued now and sent 90 s later: signed with the time of the send.
+        db.send_alert(tenant, None, "signed:1", "Signed alert", "One.")
+            .await
+            .unwrap();
+        e.app.t.clock.advance(Duration::from_secs(90));
+        let notifier = e.notifier(db);
+        let hook = until("the signed webhook", || async {
+            e.hook.requests("/alerts").first().cloned()
+        })
+        .await;
+        assert_eq!(hook.json()["key"], "signed:1");
+        assert_eq!(hook.json()["at"], format_time(UnixMillis(START)));
+        let timestamp = hook.headers["x-tikfleet-timestamp"].clone();
+        assert_eq!(timestamp, ((START + 90_000) / 1000).to_string());
+        assert_eq!(
+            timestamp,
+            (app.t.clock.now().as_millis() / 1000).to_string()
+        );
+        let signature = hook.headers["x-tikfleet-signature"].clone();
+        let hex = signature.strip_prefix("sha256=").expect("sha256= prefix");
+        assert_eq!(
+            hex,
+            expected_signature(WEBHOOK_SECRET, &timestamp, &hook.body)
+        );
+        let tag: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, WEBHOOK_SECRET.as_bytes());
+        ring::hmac::verify(&key, format!("{timestamp}.{}", hook.body).as_bytes(), &tag)
+            .expect("the signature verifies");
+        assert!(
+            !hook.headers.values().any(|v| v.contains(WEBHOOK_SECRET)),
+            "{:?}",
+            hook.headers
+        );
+
+        // "" removes it: unsigned again.
+        let mut removed = shown.clone();
+        removed["alerts"]["webhook_secret"] = json!("");
+        let (st, v) = app.put(&e.tenant.operator, &path, removed).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["alerts"]["webhook_secret_set"], false);
+        db.send_alert(tenant, None, "signed:2", "Unsigned alert", "Two.")
+            .await
+            .unwrap();
+        let hook = until("the unsigned webhook", || async {
+            e.hook
+                .requests("/alerts")
+                .into_iter()
+                .find(|r| r.json()["key"] == "signed:2")
+        })
+        .await;
+        assert!(
+            !hook.headers.contains_key("x-tikfleet-timestamp")
+                && !hook.headers.contains_key("x-tikfleet-signature"),
+            "{:?}",
+            hook.headers
+        );
+        notifier.shutdown().await;
+
+        // Removing the webhook removes its secret.
+        let mut signed = unsigned.clone();
+        signed["alerts"]["webhook_secret"] = json!(WEBHOOK_SECRET);
+        let (st, v) = app.put(&e.tenant.operator, &path, signed).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let mut no_hook = v.clone();
+        no_hook["alerts"]["webhook_url"] = Value::Null;
+        let (st, v) = app.put(&e.tenant.operator, &path, no_hook).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["alerts"]["webhook_secret_set"], false);
+        let mut back = v.clone();
+        back["alerts"]["webhook_url"] = json!(e.hook.url("/alerts"));
+        let (st, v) = app.put(&e.tenant.operator, &path, back).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["alerts"]["webhook_secret_set"], false);
+        let (_, audit) = app
+            .get(
+                &app.admin,
+                "/api/v1/audit?action=tenant.notification_settings",
+            )
+            .await;
+        assert!(!audit.to_string().contains(WEBHOOK_SECRET), "{audit}");
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test]
 async fn the_settings_api_hides_secrets_checks_templates_and_keeps_tenants_apart() {
     tokio::time::timeout(TEST_TIMEOUT, async {
@@ -715,7 +899,10 @@ async fn the_settings_api_hides_secrets_checks_templates_and_keeps_tenants_apart
         assert_eq!(st, StatusCode::OK, "{v}");
         assert!(v["smtp"].is_null() && v["sms"].is_null());
         assert_eq!(v["templates"]["custom"], json!([]));
-        assert_eq!(v["alerts"], json!({"emails": [], "webhook_url": null}));
+        assert_eq!(
+            v["alerts"],
+            json!({"emails": [], "webhook_url": null, "webhook_secret_set": false})
+        );
     })
     .await
     .expect("test timed out");

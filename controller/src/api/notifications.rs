@@ -3,8 +3,9 @@
 //! subscriber's notification log).
 //!
 //! Secrets go in and never come out: the SMTP password shows as `password_set`, gateway
-//! headers by name with `null` values. A PUT that leaves the password out, or sends a
-//! header's value as `null`, keeps what is stored, so what GET answers can be sent back as
+//! headers by name with `null` values, the alert webhook's signing secret as
+//! `webhook_secret_set`. A PUT that leaves the password or the signing secret out, or sends
+//! a header's value as `null`, keeps what is stored, so what GET answers can be sent back as
 //! it is. Templates are tried on a made-up subscriber before they are stored; one that does
 //! not render is `422 invalid_template` with the field it is in.
 
@@ -25,7 +26,7 @@ use crate::app::AppState;
 use crate::db::DbError;
 use crate::db::notify::{Channel, Notification};
 use crate::notify::settings::{
-    AlertSettings, DEFAULT_CONTENT_TYPE, DEFAULT_SMS_BODY, HttpMethod, NotificationSettings,
+    AlertsUpdate, DEFAULT_CONTENT_TYPE, DEFAULT_SMS_BODY, HttpMethod, NotificationSettings,
     SecretChange, SettingsUpdate, SmsUpdate, SmtpTls, SmtpUpdate, TEMPLATE_KINDS, Templates,
 };
 use crate::notify::template::{self, MessageTemplate, NoticeVars};
@@ -119,16 +120,36 @@ pub struct TemplatesDto {
     pub custom: Vec<String>,
 }
 
-/// Where admin alerts go.
-#[derive(Serialize, Deserialize, ToSchema, Default)]
-#[serde(deny_unknown_fields)]
+/// Where admin alerts go, as shown.
+#[derive(Serialize, ToSchema)]
 pub struct AlertsDto {
+    /// Addresses that get each alert by email (needs `smtp`).
+    pub emails: Vec<String>,
+    /// A URL that gets each alert as a JSON POST.
+    pub webhook_url: Option<String>,
+    /// Whether a webhook signing secret is stored (it is never shown): each webhook request
+    /// then carries `X-Tikfleet-Timestamp` and `X-Tikfleet-Signature`.
+    pub webhook_secret_set: bool,
+}
+
+/// Where admin alerts go, to store.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsInput {
     /// Addresses that get each alert by email (needs `smtp`).
     #[serde(default)]
     pub emails: Vec<String>,
     /// A URL that gets each alert as a JSON POST.
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// The secret that signs each webhook request (16 to 256 characters; needs
+    /// `webhook_url`): left out or null keeps the stored one, `""` removes it. Removing the
+    /// webhook removes it too.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// Ignored (what GET answers, so it can be sent back).
+    #[serde(default)]
+    pub webhook_secret_set: Option<bool>,
 }
 
 impl NotificationSettingsDto {
@@ -164,6 +185,7 @@ impl NotificationSettingsDto {
             alerts: AlertsDto {
                 emails: s.alerts.emails,
                 webhook_url: s.alerts.webhook_url,
+                webhook_secret_set: s.alerts.webhook_secret_sealed.is_some(),
             },
         }
     }
@@ -186,7 +208,7 @@ pub struct SetNotificationSettings {
     pub templates: Option<TemplatesInput>,
     /// Admin alerts.
     #[serde(default)]
-    pub alerts: Option<AlertsDto>,
+    pub alerts: Option<AlertsInput>,
 }
 
 /// SMTP settings to store.
@@ -505,7 +527,10 @@ fn parse_templates(t: TemplatesInput, tenant: &str) -> Result<Templates, Setting
     Ok(out)
 }
 
-fn parse_alerts(a: AlertsDto) -> Result<AlertSettings, ApiError> {
+/// The fewest and most characters of a webhook signing secret.
+const WEBHOOK_SECRET_CHARS: std::ops::RangeInclusive<usize> = 16..=256;
+
+fn parse_alerts(a: AlertsInput) -> Result<AlertsUpdate, ApiError> {
     if a.emails.len() > MAX_LIST {
         return Err(ApiError::invalid(format!(
             "alerts.emails may hold at most {MAX_LIST} addresses"
@@ -522,9 +547,29 @@ fn parse_alerts(a: AlertsDto) -> Result<AlertSettings, ApiError> {
         .webhook_url
         .map(|u| url("alerts.webhook_url", &u))
         .transpose()?;
-    Ok(AlertSettings {
+    let webhook_secret = match a.webhook_secret {
+        None => SecretChange::Keep,
+        Some(s) if s.is_empty() => SecretChange::Remove,
+        Some(s) => {
+            if !WEBHOOK_SECRET_CHARS.contains(&s.chars().count()) {
+                return Err(ApiError::invalid(format!(
+                    "alerts.webhook_secret must be {} to {} characters (\"\" removes it)",
+                    WEBHOOK_SECRET_CHARS.start(),
+                    WEBHOOK_SECRET_CHARS.end()
+                )));
+            }
+            if webhook_url.is_none() {
+                return Err(ApiError::invalid(
+                    "alerts.webhook_secret needs alerts.webhook_url",
+                ));
+            }
+            SecretChange::Set(Secret::new(s))
+        }
+    };
+    Ok(AlertsUpdate {
         emails,
         webhook_url,
+        webhook_secret,
     })
 }
 

@@ -26,8 +26,8 @@ use super::subscribers::{SUBSCRIBER_COLUMNS, Subscriber, subscriber};
 use super::{Db, DbError, Page, RowExt as _, Scope, Staff, audit_staff};
 use crate::lifecycle::{LifecycleOverride, LifecycleSettings};
 use crate::notify::settings::{
-    NotificationSettings, SecretChange, SettingsUpdate, SmsGateway, SmtpSettings, header_context,
-    password_context,
+    AlertSettings, NotificationSettings, SecretChange, SettingsUpdate, SmsGateway, SmtpSettings,
+    header_context, password_context, webhook_secret_context,
 };
 use crate::notify::template::{
     self, DAY_MS, NoticeVars, TemplateError, gateway_vars, render, render_message,
@@ -595,7 +595,8 @@ impl Db {
 
     /// Replaces a tenant's notification settings (audit action
     /// `tenant.notification_settings`, without secrets). New secrets are sealed here; a
-    /// password or header left as [`SecretChange::Keep`] keeps its stored value.
+    /// password, header or webhook signing secret left as [`SecretChange::Keep`] keeps its
+    /// stored value (the signing secret only while there is a webhook).
     ///
     /// # Errors
     /// Not found (or not visible), a kept header has no stored value, or the database failed.
@@ -664,11 +665,24 @@ impl Db {
                 })
             }
         };
+        let a = update.alerts;
+        let webhook_secret_sealed = match (&a.webhook_url, a.webhook_secret) {
+            // A secret belongs to its webhook: none without one.
+            (None, _) | (Some(_), SecretChange::Remove) => None,
+            (Some(_), SecretChange::Keep) => old.alerts.webhook_secret_sealed.clone(),
+            (Some(_), SecretChange::Set(v)) => {
+                Some(key.encrypt(&webhook_secret_context(tenant), v.expose().as_bytes())?)
+            }
+        };
         let new = NotificationSettings {
             smtp,
             sms,
             templates: update.templates,
-            alerts: update.alerts,
+            alerts: AlertSettings {
+                emails: a.emails,
+                webhook_url: a.webhook_url,
+                webhook_secret_sealed,
+            },
         };
         let mut q = Sql::new("UPDATE tenants SET notifications = ");
         q.bind(new.to_stored())
@@ -719,6 +733,14 @@ impl Db {
                     .webhook_url
                     .as_deref()
                     .map_or_else(|| "none".to_owned(), url_host),
+            )
+            .insert(
+                "alert_webhook_signing",
+                if new.alerts.webhook_secret_sealed.is_some() {
+                    "set"
+                } else {
+                    "none"
+                },
             )
             .insert(
                 "custom_templates",

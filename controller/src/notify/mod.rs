@@ -3,9 +3,9 @@
 //!
 //! Layout: [`settings`] (a tenant's SMTP server, SMS gateway, templates and alert
 //! destinations), [`template`] (minijinja, the built-in texts), [`smtp`] and [`http`] (the
-//! two ways out), and here the sender, one background task per controller ([`Notifier`]),
-//! which [`crate::server::Server`] starts and stops. The queue itself, with its
-//! exactly-once rules, is [`crate::db::notify`].
+//! two ways out), [`sign`] (the alert webhook's request signature), and here the sender,
+//! one background task per controller ([`Notifier`]), which [`crate::server::Server`]
+//! starts and stops. The queue itself, with its exactly-once rules, is [`crate::db::notify`].
 //!
 //! The sender loops: (1) every minute on the injectable clock, and whenever woken, it scans
 //! for subscribers whose expiry notice is due and queues it; (2) it claims due rows (a
@@ -29,10 +29,11 @@ use crate::db::{Db, DbError};
 
 pub mod http;
 pub mod settings;
+pub mod sign;
 pub mod smtp;
 pub mod template;
 
-use settings::{NotificationSettings, header_context, password_context};
+use settings::{NotificationSettings, header_context, password_context, webhook_secret_context};
 
 /// How often the expiry scan runs (on the controller's clock).
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(60);
@@ -342,10 +343,17 @@ async fn deliver(
                 settings.alerts.webhook_url.as_deref().ok_or_else(|| {
                     SendError::permanent("the tenant has no alert webhook any more")
                 })?;
+            let mut headers = BTreeMap::new();
+            if let Some(sealed) = &settings.alerts.webhook_secret_sealed {
+                let secret = open(db, &webhook_secret_context(n.tenant_id), sealed)?;
+                for (name, value) in sign::headers(secret.as_bytes(), now, n.body.as_bytes()) {
+                    headers.insert(name.to_owned(), Zeroizing::new(value));
+                }
+            }
             let req = http::Request {
                 method: settings::HttpMethod::Post,
                 url,
-                headers: BTreeMap::new(),
+                headers,
                 body: &n.body,
                 content_type: "application/json",
             };

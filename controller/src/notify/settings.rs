@@ -3,11 +3,12 @@
 //! configured, the built-in templates); storage is in [`crate::db::notify`], the API's view
 //! and validation in `api/notifications.rs`.
 //!
-//! Secrets (the SMTP password, the gateway's header values) are sealed with the at-rest key
-//! the moment they arrive, each bound to its tenant and place ([`password_context`],
-//! [`header_context`]), and opened only by the sender just before it connects. What is
-//! stored is the persisted form of these types, so they derive serde; the API has its own
-//! DTOs, which never carry a sealed or opened secret out.
+//! Secrets (the SMTP password, the gateway's header values, the alert webhook's signing
+//! secret) are sealed with the at-rest key the moment they arrive, each bound to its tenant
+//! and place ([`password_context`], [`header_context`], [`webhook_secret_context`]), and
+//! opened only by the sender just before it connects. What is stored is the persisted form
+//! of these types, so they derive serde; the API has its own DTOs, which never carry a
+//! sealed or opened secret out.
 
 use std::collections::BTreeMap;
 
@@ -142,6 +143,10 @@ pub struct AlertSettings {
     /// A URL that gets each alert as a JSON `POST`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// The secret that signs each webhook request ([`super::sign`]), sealed under the
+    /// at-rest key ([`webhook_secret_context`]); only with a `webhook_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_sealed: Option<String>,
 }
 
 /// A tenant's own templates; a kind left `None` uses the built-in one.
@@ -252,6 +257,12 @@ pub fn header_context(tenant: TenantId, name: &str) -> String {
     )
 }
 
+/// What the at-rest key binds the alert webhook's signing secret of `tenant` to.
+#[must_use]
+pub fn webhook_secret_context(tenant: TenantId) -> String {
+    format!("tenant.notifications.webhook_secret:{tenant}")
+}
+
 /// A secret in a settings change.
 #[derive(Clone, Debug)]
 pub enum SecretChange {
@@ -296,6 +307,29 @@ pub struct SmsUpdate {
     pub content_type: String,
 }
 
+/// New alert destinations; the webhook's signing secret may be kept from the stored
+/// settings.
+#[derive(Clone, Debug)]
+pub struct AlertsUpdate {
+    /// Addresses.
+    pub emails: Vec<String>,
+    /// The webhook, or none.
+    pub webhook_url: Option<String>,
+    /// The webhook's signing secret. Without a `webhook_url` none is stored, whatever this
+    /// says (the API refuses `Set` without one).
+    pub webhook_secret: SecretChange,
+}
+
+impl Default for AlertsUpdate {
+    fn default() -> Self {
+        Self {
+            emails: Vec::new(),
+            webhook_url: None,
+            webhook_secret: SecretChange::Remove,
+        }
+    }
+}
+
 /// A whole settings change (PUT semantics), validated at the edge.
 #[derive(Clone, Debug, Default)]
 pub struct SettingsUpdate {
@@ -306,5 +340,5 @@ pub struct SettingsUpdate {
     /// Templates.
     pub templates: Templates,
     /// Alerts.
-    pub alerts: AlertSettings,
+    pub alerts: AlertsUpdate,
 }
