@@ -382,6 +382,67 @@ async fn memory_low_and_reboot_follow_the_latest_samples() {
 }
 
 #[tokio::test]
+async fn a_reboot_among_samples_that_arrive_together_is_not_missed() {
+    within(async {
+        let mut e = Env::new("acme").await;
+        e.commit(vec![sample(e.router, START, 10, 500_000, 1_000)])
+            .await;
+        e.at(0);
+        assert_eq!(e.eval().await.fired, 0);
+        // The agent was offline (or the evaluation late): three samples at once, the router
+        // rebooted between the first and the second; the latest two alone show no reboot.
+        e.commit(vec![
+            sample(e.router, START + 30_000, 10, 500_000, 1_030),
+            sample(e.router, START + 60_000, 10, 500_000, 5),
+            sample(e.router, START + 90_000, 10, 500_000, 35),
+        ])
+        .await;
+        e.at(90_000);
+        let r = e.eval().await;
+        assert_eq!((r.fired, r.resolved), (1, 0), "{r:?}");
+        let reboot = e.firing("reboot_detected").await;
+        // The next evaluation has nothing new and the latest sample shows no reboot: resolved,
+        // one notice each way; evaluating again changes nothing.
+        e.at(105_000);
+        let r = e.eval().await;
+        assert_eq!((r.fired, r.resolved), (0, 1), "{r:?}");
+        assert_eq!(
+            e.notices(&reboot).await,
+            ["firing:webhook", "resolved:webhook"]
+        );
+        let r = e.eval().await;
+        assert_eq!((r.fired, r.resolved), (0, 0), "{r:?}");
+        // A late sample (older than the last one looked at) with a higher uptime is not
+        // compared: no reboot is made up from it.
+        e.commit(vec![sample(e.router, START + 45_000, 10, 500_000, 1_045)])
+            .await;
+        e.commit(vec![sample(e.router, START + 120_000, 10, 500_000, 65)])
+            .await;
+        e.at(120_000);
+        let r = e.eval().await;
+        assert_eq!((r.fired, r.resolved), (0, 0), "{r:?}");
+        // The first sample after a reboot keeps the alert firing until a later one arrives.
+        e.commit(vec![sample(e.router, START + 150_000, 10, 500_000, 3)])
+            .await;
+        e.at(150_000);
+        assert_eq!(e.eval().await.fired, 1);
+        e.at(165_000);
+        let r = e.eval().await;
+        assert_eq!(
+            (r.fired, r.resolved),
+            (0, 0),
+            "still the latest sample: {r:?}"
+        );
+        e.commit(vec![sample(e.router, START + 180_000, 10, 500_000, 33)])
+            .await;
+        e.at(180_000);
+        assert_eq!(e.eval().await.resolved, 1);
+        assert_eq!(e.firing_count().await, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_unreachable_router_alerts_after_two_minutes() {
     within(async {
         let mut e = Env::new("acme").await;

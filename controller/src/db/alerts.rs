@@ -28,8 +28,8 @@ use crate::notify::template::rfc3339;
 /// The actor audit rows of the evaluator name.
 const ACTOR: &str = "controller";
 
-/// How far back `memory_low` and `reboot_detected` look for a router's latest two samples:
-/// a router with no sample in the last hour has neither.
+/// How far back `memory_low` looks for a router's latest sample and `reboot_detected` for
+/// samples to compare: a router with no sample in the last hour has neither.
 const LATEST_SAMPLES_MS: i64 = 3_600_000;
 
 /// Whether an alert is open.
@@ -208,6 +208,101 @@ async fn router_names(
         .collect()
 }
 
+/// A reboot [`reboots`] found.
+struct Reboot {
+    /// The uptimes (seconds) before and after, when the pair came in this evaluation.
+    went_back: Option<(i64, i64)>,
+}
+
+/// The tenant's routers for which `reboot_detected` holds at `now`, moving each router's
+/// mark (`reboot_marks`) to its latest sample.
+///
+/// Every sample of the last hour newer than the router's mark is compared with the one
+/// before it (the first with the mark), in order, so several samples that arrive between two
+/// evaluations — an agent back from an outage, an evaluation that ran late — cannot hide a
+/// reboot among them. The condition holds when a pair among them shows the uptime going back,
+/// or, with no new sample, while the mark is the first sample after a reboot: an alert
+/// resolves at the first evaluation after a later sample arrived. A sample older than the
+/// mark (late) is not compared.
+async fn reboots(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: TenantId,
+    now: i64,
+) -> Result<Vec<(RouterId, Reboot)>, DbError> {
+    let t = tenant.to_string();
+    let mut marks: HashMap<RouterId, (i64, i64, bool)> = HashMap::new();
+    let mut q =
+        Sql::new("SELECT router_id, at, uptime, rebooted FROM reboot_marks WHERE tenant_id = ");
+    q.bind(t.clone());
+    for row in q.fetch_all(&mut **tx).await? {
+        marks.insert(
+            row.parse("router_id")?,
+            (
+                row.int("at")?,
+                row.int("uptime")?,
+                row.int("rebooted")? != 0,
+            ),
+        );
+    }
+    let mut q = Sql::new(
+        "SELECT s.router_id, s.at, s.uptime FROM health_samples s LEFT JOIN reboot_marks m \
+         ON m.router_id = s.router_id WHERE s.tenant_id = ",
+    );
+    q.bind(t.clone())
+        .push(" AND s.at >= ")
+        .bind(now.saturating_sub(LATEST_SAMPLES_MS))
+        .push(" AND (m.at IS NULL OR s.at > m.at) ORDER BY s.router_id, s.at");
+    let mut new: BTreeMap<RouterId, Vec<(i64, i64)>> = BTreeMap::new();
+    for row in q.fetch_all(&mut **tx).await? {
+        new.entry(row.parse("router_id")?)
+            .or_default()
+            .push((row.int("at")?, row.int("uptime")?));
+    }
+    let mut out = Vec::new();
+    for (router, &(_, _, rebooted)) in &marks {
+        if rebooted && !new.contains_key(router) {
+            out.push((*router, Reboot { went_back: None }));
+        }
+    }
+    for (router, samples) in new {
+        let mark = marks.get(&router).copied();
+        let mut prev = mark.map(|(_, uptime, _)| uptime);
+        let mut latest_rebooted = false;
+        let mut went_back = None;
+        for &(_, uptime) in &samples {
+            latest_rebooted = prev.is_some_and(|p| uptime < p);
+            if latest_rebooted {
+                went_back = prev.map(|p| (p, uptime));
+            }
+            prev = Some(uptime);
+        }
+        if went_back.is_some() {
+            out.push((router, Reboot { went_back }));
+        }
+        let Some(&(at, uptime)) = samples.last() else {
+            continue;
+        };
+        let mut q = Sql::new(
+            "INSERT INTO reboot_marks (router_id, tenant_id, at, uptime, rebooted) VALUES (",
+        );
+        q.bind(router.to_string())
+            .push(", ")
+            .bind(t.clone())
+            .push(", ")
+            .bind(at)
+            .push(", ")
+            .bind(uptime)
+            .push(", ")
+            .bind(i64::from(latest_rebooted))
+            .push(
+                ") ON CONFLICT (router_id) DO UPDATE SET at = excluded.at, \
+                 uptime = excluded.uptime, rebooted = excluded.rebooted",
+            );
+        q.execute(&mut **tx).await?;
+    }
+    Ok(out)
+}
+
 /// Reads which of the enabled rules' conditions hold at `now`.
 async fn conditions(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -277,33 +372,22 @@ async fn conditions(
         }
     }
 
-    if rules.memory_low.enabled || rules.reboot_detected.enabled {
-        // Each router's latest two samples.
+    if rules.memory_low.enabled {
+        // Each router's latest sample.
         let mut q = Sql::new(
-            "SELECT router_id, at, mem_free, mem_total, uptime FROM (SELECT s.router_id, s.at, \
-             s.mem_free, s.mem_total, s.uptime, ROW_NUMBER() OVER (PARTITION BY s.router_id \
-             ORDER BY s.at DESC) AS rn FROM health_samples s WHERE s.tenant_id = ",
+            "SELECT router_id, mem_free, mem_total FROM (SELECT s.router_id, s.mem_free, \
+             s.mem_total, ROW_NUMBER() OVER (PARTITION BY s.router_id ORDER BY s.at DESC) AS rn \
+             FROM health_samples s WHERE s.tenant_id = ",
         );
         q.bind(t.clone())
             .push(" AND s.at >= ")
             .bind(now.saturating_sub(LATEST_SAMPLES_MS))
-            .push(") x WHERE rn <= 2 ORDER BY router_id, rn");
-        let mut latest: BTreeMap<RouterId, Vec<[i64; 4]>> = BTreeMap::new();
+            .push(") x WHERE rn = 1");
         for row in q.fetch_all(&mut **tx).await? {
-            latest.entry(row.parse("router_id")?).or_default().push([
-                row.int("at")?,
-                row.int("mem_free")?,
-                row.int("mem_total")?,
-                row.int("uptime")?,
-            ]);
-        }
-        for (router, samples) in latest {
-            let [_, free, total, uptime] = samples[0];
+            let router: RouterId = row.parse("router_id")?;
+            let (free, total) = (row.int("mem_free")?, row.int("mem_total")?);
             let percent = i128::from(rules.memory_low.free_percent);
-            if rules.memory_low.enabled
-                && total > 0
-                && i128::from(free) * 100 < percent * i128::from(total)
-            {
+            if total > 0 && i128::from(free) * 100 < percent * i128::from(total) {
                 let pct = i128::from(free) * 100 / i128::from(total);
                 router_condition(
                     Rule::MemoryLow,
@@ -316,20 +400,28 @@ async fn conditions(
                     ),
                 );
             }
-            if let Some([_, _, _, before]) = samples.get(1).copied()
-                && rules.reboot_detected.enabled
-                && uptime < before
-            {
-                router_condition(
-                    Rule::RebootDetected,
-                    router,
-                    format!("router {} rebooted", name(&router)),
-                    format!(
-                        "Router {}'s uptime went back from {before} s to {uptime} s: it rebooted.",
-                        name(&router)
-                    ),
-                );
-            }
+        }
+    }
+
+    if rules.reboot_detected.enabled {
+        for (router, reboot) in reboots(tx, tenant, now).await? {
+            let detail = match reboot.went_back {
+                Some((before, after)) => format!(
+                    "Router {}'s uptime went back from {before} s to {after} s: it rebooted.",
+                    name(&router)
+                ),
+                None => format!(
+                    "Router {}'s latest sample shows a lower uptime than the one before it: it \
+                     rebooted.",
+                    name(&router)
+                ),
+            };
+            router_condition(
+                Rule::RebootDetected,
+                router,
+                format!("router {} rebooted", name(&router)),
+                detail,
+            );
         }
     }
 

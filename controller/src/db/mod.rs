@@ -344,6 +344,13 @@ fn migrator() -> Migrator {
                 Cow::Borrowed(include_str!("../../migrations/0012_health_late.sql")),
                 false,
             ),
+            Migration::new(
+                13,
+                Cow::Borrowed("reboot_marks"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0013_reboot_marks.sql")),
+                false,
+            ),
         ]),
         ..Migrator::DEFAULT
     }
