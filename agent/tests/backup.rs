@@ -458,6 +458,21 @@ fn part(job: JobId, offset: u64, data: &[u8]) -> BackupPart {
     }
 }
 
+/// The controller's answer when the backup is gone (retention removed it).
+fn gone(id: JobId, offset: u64) -> BackupPart {
+    BackupPart {
+        job_id: id,
+        backup_id: "b-big".into(),
+        offset,
+        total: 0,
+        data: Vec::new(),
+        error: Some(ErrorInfo::with_message(
+            ErrorCode::NotFound,
+            "no binary backup b-big of this agent's routers",
+        )),
+    }
+}
+
 #[tokio::test]
 async fn large_restore_is_fetched_in_parts_resumes_from_the_staged_bytes_and_cleans_up() {
     tokio::time::timeout(LIMIT, async {
@@ -646,17 +661,7 @@ async fn a_backup_the_controller_refuses_fails_the_restore_without_touching_the_
                 loop {
                     let pending = fetcher.next().await;
                     let offset = pending.request().offset;
-                    pending.answer(BackupPart {
-                        job_id: id,
-                        backup_id: "b-big".into(),
-                        offset,
-                        total: 0,
-                        data: Vec::new(),
-                        error: Some(ErrorInfo::with_message(
-                            ErrorCode::NotFound,
-                            "no binary backup b-big of this agent's routers",
-                        )),
-                    });
+                    pending.answer(gone(id, offset));
                 }
             }
         });
@@ -696,17 +701,7 @@ async fn a_restore_that_fails_for_good_leaves_no_staged_file() {
                         pending.answer(part(id, 0, &data));
                         continue;
                     }
-                    pending.answer(BackupPart {
-                        job_id: id,
-                        backup_id: "b-big".into(),
-                        offset,
-                        total: 0,
-                        data: Vec::new(),
-                        error: Some(ErrorInfo::with_message(
-                            ErrorCode::NotFound,
-                            "no binary backup b-big of this agent's routers",
-                        )),
-                    });
+                    pending.answer(gone(id, offset));
                 }
             }
         });

@@ -178,6 +178,17 @@ async fn mails_to(smtp: &SmtpServer, to: &str, n: usize) -> Vec<tikfleet_peers::
     .await
 }
 
+/// Every tenant's stored notification settings (the JSON as kept in the database).
+async fn stored_settings(app: &TestApp) -> Vec<String> {
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.t.url)
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT notifications FROM tenants WHERE notifications IS NOT NULL")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn expiry_notices_go_out_once_per_moment_also_across_a_restart() {
     tokio::time::timeout(TEST_TIMEOUT, async {
@@ -584,14 +595,7 @@ async fn a_webhook_secret_signs_alerts_and_is_never_shown() {
         assert_eq!(back["alerts"]["webhook_secret_set"], true);
 
         // Sealed in storage; not in the audit rows, which say only whether one is set.
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.t.url)
-            .await
-            .unwrap();
-        let stored: Vec<String> =
-            sqlx::query_scalar("SELECT notifications FROM tenants WHERE notifications IS NOT NULL")
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
+        let stored = stored_settings(app).await;
         assert_eq!(stored.len(), 1);
         assert!(stored[0].contains("webhook_secret_sealed"), "{stored:?}");
         assert!(!stored[0].contains(WEBHOOK_SECRET), "{stored:?}");
@@ -733,14 +737,7 @@ async fn the_settings_api_hides_secrets_checks_templates_and_keeps_tenants_apart
         );
 
         // Nor in storage or in the audit log.
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.t.url)
-            .await
-            .unwrap();
-        let stored: Vec<String> =
-            sqlx::query_scalar("SELECT notifications FROM tenants WHERE notifications IS NOT NULL")
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
+        let stored = stored_settings(app).await;
         assert_eq!(stored.len(), 1);
         assert!(!stored[0].contains(SMTP_PASSWORD) && !stored[0].contains(API_KEY));
         let (_, audit) = app

@@ -208,14 +208,9 @@ async fn router_names(
         .collect()
 }
 
-/// A reboot [`reboots`] found.
-struct Reboot {
-    /// The uptimes (seconds) before and after, when the pair came in this evaluation.
-    went_back: Option<(i64, i64)>,
-}
-
-/// The tenant's routers for which `reboot_detected` holds at `now`, moving each router's
-/// mark (`reboot_marks`) to its latest sample.
+/// The tenant's routers for which `reboot_detected` holds at `now`, each with the uptimes
+/// (seconds) before and after the reboot when the pair came in this evaluation, moving each
+/// router's mark (`reboot_marks`) to its latest sample.
 ///
 /// Every sample of the last hour newer than the router's mark is compared with the one
 /// before it (the first with the mark), in order, so several samples that arrive between two
@@ -228,7 +223,7 @@ async fn reboots(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     tenant: TenantId,
     now: i64,
-) -> Result<Vec<(RouterId, Reboot)>, DbError> {
+) -> Result<Vec<(RouterId, Option<(i64, i64)>)>, DbError> {
     let t = tenant.to_string();
     let mut marks: HashMap<RouterId, (i64, i64, bool)> = HashMap::new();
     let mut q =
@@ -261,7 +256,7 @@ async fn reboots(
     let mut out = Vec::new();
     for (router, &(_, _, rebooted)) in &marks {
         if rebooted && !new.contains_key(router) {
-            out.push((*router, Reboot { went_back: None }));
+            out.push((*router, None));
         }
     }
     for (router, samples) in new {
@@ -277,7 +272,7 @@ async fn reboots(
             prev = Some(uptime);
         }
         if went_back.is_some() {
-            out.push((router, Reboot { went_back }));
+            out.push((router, went_back));
         }
         let Some(&(at, uptime)) = samples.last() else {
             continue;
@@ -404,8 +399,8 @@ async fn conditions(
     }
 
     if rules.reboot_detected.enabled {
-        for (router, reboot) in reboots(tx, tenant, now).await? {
-            let detail = match reboot.went_back {
+        for (router, went_back) in reboots(tx, tenant, now).await? {
+            let detail = match went_back {
                 Some((before, after)) => format!(
                     "Router {}'s uptime went back from {before} s to {after} s: it rebooted.",
                     name(&router)

@@ -625,6 +625,16 @@ impl Agent {
         token
     }
 
+    /// The usual start of a test: an agent with the default settings, enrolled in `tenant`
+    /// as `site-1`, running on the system clock, and connected (the controller shows it).
+    pub async fn running(api: &Api, tenant: &str) -> (Self, RunningAgent) {
+        let mut agent = Self::new(&AgentSettings::default());
+        agent.enroll(api, tenant, "site-1").await;
+        let running = agent.start();
+        connected(api, &agent.id).await;
+        (agent, running)
+    }
+
     /// Starts `run` on its own thread and runtime.
     #[must_use]
     pub fn start(&self) -> RunningAgent {

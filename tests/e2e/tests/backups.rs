@@ -16,9 +16,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tikfleet_agent::routeros::Cmd;
-use tikfleet_e2e::fleet::{
-    Agent, AgentSettings, Api, Controller, HubPath, SETTLE, Sim, admin_client, connected, within,
-};
+use tikfleet_e2e::fleet::{Agent, Api, Controller, HubPath, SETTLE, Sim, admin_client, within};
 
 async fn add_router(api: &Api, sim: &Sim, agent: &str) -> String {
     let r = &sim.running.routers[0];
@@ -103,10 +101,7 @@ async fn backup_list_download_change_diff() {
         };
         let ctl = Controller::start(HubPath::Direct).await;
         let (tenant, ops) = ctl.tenant("acme").await;
-        let mut agent = Agent::new(&AgentSettings::default());
-        agent.enroll(&ops, &tenant, "site-1").await;
-        let running = agent.start();
-        connected(&ops, &agent.id).await;
+        let (agent, running) = Agent::running(&ops, &tenant).await;
         let router = add_router(&ops, &sim, &agent.id).await;
 
         // A hand-made account with a password: in the export, never in the API.
@@ -254,10 +249,7 @@ async fn a_backup_larger_than_a_frame_is_restored_in_parts() {
             .seed_secrets(30_000, std::time::Instant::now());
         let ctl = Controller::start(HubPath::Direct).await;
         let (tenant, ops) = ctl.tenant("acme").await;
-        let mut agent = Agent::new(&AgentSettings::default());
-        agent.enroll(&ops, &tenant, "site-1").await;
-        let running = agent.start();
-        connected(&ops, &agent.id).await;
+        let (agent, running) = Agent::running(&ops, &tenant).await;
         let router = add_router(&ops, &sim, &agent.id).await;
 
         let job = backup(&ops, &router).await;

@@ -26,8 +26,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tikfleet_agent::routeros::{Cmd, RouterOsClient};
 use tikfleet_e2e::fleet::{
-    Agent, AgentSettings, Api, Controller, HubPath, RunningAgent, SETTLE, Sim, add_router,
-    admin_client, connected, drift_items, eventually, plan, subscriber, synced, within,
+    Agent, Api, Controller, HubPath, RunningAgent, SETTLE, Sim, add_router, admin_client,
+    drift_items, eventually, plan, subscriber, synced, within,
 };
 
 /// The agent's name; its audit rows and resolutions read `agent:site-1`.
@@ -62,10 +62,7 @@ impl Site {
         assert_eq!(status, StatusCode::OK, "{v}");
         assert_eq!(v, settings);
 
-        let mut agent = Agent::new(&AgentSettings::default());
-        agent.enroll(&ops, &tenant, "site-1").await;
-        let running = agent.start();
-        connected(&ops, &agent.id).await;
+        let (agent, running) = Agent::running(&ops, &tenant).await;
         let router = add_router(&ops, &sim, 0, &agent.id, "core-1").await;
         Self {
             sim,

@@ -96,10 +96,7 @@ async fn each_api_change_reaches_the_router() {
         let sim = Sim::start(1).await;
         let ctl = Controller::start(HubPath::Direct).await;
         let (tenant, ops) = ctl.tenant("acme").await;
-        let mut agent = Agent::new(&AgentSettings::default());
-        agent.enroll(&ops, &tenant, "site-1").await;
-        let running = agent.start();
-        connected(&ops, &agent.id).await;
+        let (agent, running) = Agent::running(&ops, &tenant).await;
 
         // A router added through the API (its password sealed to the agent) is reachable
         // by the agent: the first jobs on it succeed.
@@ -341,10 +338,7 @@ async fn a_controller_restarted_mid_flow_loses_nothing() {
         let sim = Sim::start(1).await;
         let mut ctl = Controller::start(HubPath::Direct).await;
         let (tenant, mut ops) = ctl.tenant("acme").await;
-        let mut agent = Agent::new(&AgentSettings::default());
-        agent.enroll(&ops, &tenant, "site-1").await;
-        let running = agent.start();
-        connected(&ops, &agent.id).await;
+        let (agent, running) = Agent::running(&ops, &tenant).await;
         let router = add_router(&ops, &sim, 0, &agent.id, "core-1").await;
         let gold = plan(&ops, "gold", "10M/10M").await;
 
@@ -396,10 +390,7 @@ async fn an_agent_offline_during_1000_changes_converges_once_back() {
         let sim = Sim::start(1).await;
         let ctl = Controller::start(HubPath::Direct).await;
         let (tenant, ops) = ctl.tenant("acme").await;
-        let mut agent = Agent::new(&AgentSettings::default());
-        agent.enroll(&ops, &tenant, "site-1").await;
-        let running = agent.start();
-        connected(&ops, &agent.id).await;
+        let (agent, running) = Agent::running(&ops, &tenant).await;
         let router = add_router(&ops, &sim, 0, &agent.id, "core-1").await;
         let gold = plan(&ops, "gold", "10M/10M").await;
         let silver = plan(&ops, "silver", "5M/5M").await;

@@ -18,8 +18,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tikfleet_e2e::fleet::{
-    Agent, AgentSettings, Api, Controller, HubPath, RunningAgent, SETTLE, Sim, add_router,
-    connected, plan, subscriber, synced, within,
+    Agent, Api, Controller, HubPath, RunningAgent, SETTLE, Sim, add_router, plan, subscriber,
+    synced, within,
 };
 
 /// A controller, an agent serving one simulated router, and a plan.
@@ -38,10 +38,7 @@ impl Site {
         let sim = Sim::start(1).await;
         let ctl = Controller::start(HubPath::Direct).await;
         let (tenant, ops) = ctl.tenant("acme").await;
-        let mut agent = Agent::new(&AgentSettings::default());
-        agent.enroll(&ops, &tenant, "site-1").await;
-        let running = agent.start();
-        connected(&ops, &agent.id).await;
+        let (agent, running) = Agent::running(&ops, &tenant).await;
         let router = add_router(&ops, &sim, 0, &agent.id, "core-1").await;
         let plan = plan(&ops, "basic", "10M/10M").await;
         Self {
